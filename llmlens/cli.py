@@ -1,0 +1,137 @@
+"""The `llmlens` command: serve, migrate, keys, users."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from llmlens.settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(os.environ, host=getattr(args, "host", None), port=getattr(args, "port", None))
+
+
+def _control(settings: Settings):  # type: ignore[no-untyped-def]
+    from storage import migrate, postgres
+    from storage.controlplane import ControlPlane
+
+    pg = postgres.connect(settings.database_url, settings.data_dir)
+    migrate.migrate_postgres(pg)
+    return ControlPlane(pg)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from llmlens.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    print(f"llmlens listening on http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()})", flush=True)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        loop="uvloop", http="httptools", access_log=False, timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage import clickhouse, migrate, postgres
+
+    settings = _settings(args)
+    pg = postgres.connect(settings.database_url, settings.data_dir)
+    done = migrate.migrate_postgres(pg)
+    ch = clickhouse.connect(settings.clickhouse_url, settings.chdb_dir, settings.clickhouse_database)
+    done += migrate.migrate_clickhouse(ch)
+    print("applied: " + ", ".join(done) if done else "nothing to apply; both stores are up to date")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    _, plaintext = _control(_settings(args)).create_key(args.name, args.org)
+    print(plaintext)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    keys = _control(_settings(args)).list_keys(args.org)
+    print(f"{'ID':<22} {'ORG':<14} {'NAME':<20} {'PREFIX':<16} {'CREATED':<20} {'LAST USED':<20} STATUS")
+    for k in keys:
+        used = k.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if k.last_used_at else "never"
+        status = "revoked" if k.revoked_at else "active"
+        print(f"{k.id:<22} {k.org_id:<14} {k.name[:20]:<20} {k.key_prefix + '...':<16} "
+              f"{k.created_at.strftime('%Y-%m-%d %H:%M:%S'):<20} {used:<20} {status}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if _control(_settings(args)).revoke_key(args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"llmlens: no active key with id {args.id!r}", file=sys.stderr)
+    return 1
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    if not args.password_stdin:
+        print("llmlens: pass the password on standard input with --password-stdin", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\r\n")
+    user_id = _control(_settings(args)).create_user(args.email, password, args.org)
+    print(f"created user {args.email} ({user_id}) in org {args.org}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmlens", description="Self-hosted observability for LLM traffic.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the proxy, log endpoints, API and dashboard on one port")
+    s.add_argument("--host", help="address to listen on (default LLMLENS_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default LLMLENS_PORT or 8787)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("migrate", help="apply pending ClickHouse and PostgreSQL migrations")
+    s.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    s = keys.add_parser("create", help="create an API key and print it once")
+    s.add_argument("--name", required=True, help="a label for the key")
+    s.add_argument("--org", default="default", help="the org the key belongs to (created if new; default: default)")
+    s.set_defaults(func=cmd_keys_create)
+    s = keys.add_parser("list", help="list API keys (never the keys themselves)")
+    s.add_argument("--org", default=None, help="only this org's keys")
+    s.set_defaults(func=cmd_keys_list)
+    s = keys.add_parser("revoke", help="revoke an API key by id")
+    s.add_argument("id", help="the key id shown by `llmlens keys list`")
+    s.set_defaults(func=cmd_keys_revoke)
+
+    users = sub.add_parser("users", help="manage dashboard logins").add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    s = users.add_parser("create", help="create a dashboard login")
+    s.add_argument("--email", required=True)
+    s.add_argument("--org", default="default", help="the user's org (default: default)")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.set_defaults(func=cmd_users_create)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except SettingsError as exc:
+        print(f"llmlens: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # ControlPlaneError and other bad input
+        print(f"llmlens: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import api as dashboard_api
-from ingest import log_api
+from ingest import helicone_log, log_api, otlp
 from ingest.errors import HttpError
 from ingest.metrics import Metrics
+from ingest.proxy import PREFIXES, Proxy
 from ingest.spool import Spool
 from ingest.writer import Writer
 from llmlens.settings import Settings
@@ -146,14 +147,23 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
             "last_error": services.writer.last_error or None,
         })
 
+    proxy = Proxy(
+        keys=services.keys, writer=services.writer, prices=services.prices, metrics=services.metrics,
+        openai_base_url=settings.openai_base_url, anthropic_base_url=settings.anthropic_base_url,
+        allowed_hosts=settings.gateway_allowed_hosts, timeout_s=settings.upstream_timeout_s,
+        max_body_bytes=settings.max_body_bytes,
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services.writer.start()
+        await proxy.start()
         touch = asyncio.create_task(_touch_keys(services.keys))
         try:
             yield
         finally:
             touch.cancel()
+            await proxy.aclose()
             await services.writer.close()
             services.keys.flush_last_used()
 
@@ -163,11 +173,31 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         Route("/metrics", metrics_page),
         Route("/api/v1/health/writer", writer_health),
         *log_api.routes(keys=services.keys, writer=services.writer, prices=services.prices, max_bytes=settings.max_log_bytes),
+        *helicone_log.routes(keys=services.keys, writer=services.writer, prices=services.prices,
+                             max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
+        *otlp.routes(keys=services.keys, writer=services.writer, prices=services.prices,
+                     max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: error_response, HttpError: error_response})
     app.state.services = services
-    return HttpMetrics(app, services.metrics)
+    return Dispatch(HttpMetrics(app, services.metrics), proxy, exact={r.path for r in routes})
+
+
+class Dispatch:
+    """Proxy prefixes go straight to the proxy (no middleware on the hot path); everything else to Starlette.
+
+    Exact routes win over the prefixes: /anthropic/v1/log is Helicone's async-log endpoint, not a provider path.
+    """
+
+    def __init__(self, app: ASGIApp, proxy: Proxy, exact: set[str]) -> None:
+        self.app, self.proxy, self.exact = app, proxy, exact
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIXES) and scope["path"] not in self.exact:
+            await self.proxy(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 async def _touch_keys(keys: KeyCache) -> None:

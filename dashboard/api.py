@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dashboard import queries
+from dashboard.coverage import coverage
 from ingest.auth import authenticate
 from ingest.errors import IngestError, NotFound
 from storage.clickhouse import ClickHouse
@@ -39,7 +40,16 @@ def routes(*, keys: KeyCache, ch: ClickHouse) -> list[Route]:
             raise NotFound(f"no request {request_id!r} in this org")
         return JSONResponse(item)
 
+    async def pricing_coverage(request: Request) -> JSONResponse:
+        principal = await authenticate(keys, request.headers)
+        try:
+            filters = queries.parse_filters(request.query_params)
+        except queries.QueryError as exc:
+            raise IngestError(str(exc)) from None
+        return JSONResponse(await asyncio.to_thread(coverage, ch, principal.org_id, filters))
+
     return [
+        Route("/api/v1/pricing/coverage", pricing_coverage, methods=["GET"]),
         Route("/api/v1/requests", list_requests, methods=["GET"]),
         Route("/api/v1/requests/{request_id}", get_request, methods=["GET"]),
     ]

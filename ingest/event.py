@@ -35,6 +35,7 @@ class RequestEvent:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cost_nanos: int | None = None
+    cost_source: str = ""
     user_id: str = ""
     session_id: str = ""
     session_path: str = ""

@@ -6,16 +6,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pricing.prices import PriceBook, nanos_from_usd
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ingest.auth import authenticate
+from ingest.costing import price
 from ingest.errors import IngestError, PayloadTooLarge, SpoolFullError
 from ingest.event import EventError, RequestEvent, event_from_api
 from ingest.spool import SpoolFull
 from ingest.writer import Writer
-from pricing.prices import PriceBook, Usage, nanos_from_usd
 from storage.controlplane import KeyCache
 
 MAX_EVENTS = 10_000
@@ -66,16 +67,6 @@ def parse_items(body: bytes) -> list[Any]:
     if not isinstance(items, list):
         raise IngestError("expected a JSON array of events")
     return items
-
-
-def price(prices: PriceBook, ev: RequestEvent) -> None:
-    """Set an event's cost from the registry unless it already carries one (unknown price stays None)."""
-    if ev.cost_nanos is None and ev.model:
-        ev.cost_nanos = prices.cost_nanos(
-            ev.provider, ev.model,
-            Usage(ev.prompt_tokens, ev.completion_tokens, ev.cache_read_tokens, ev.cache_write_tokens),
-            at=ev.created_at,
-        )
 
 
 async def submit_durably(writer: Writer, events: list[RequestEvent], source: str) -> None:

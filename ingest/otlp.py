@@ -16,17 +16,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pricing.prices import PriceBook
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import headers as hh
 from ingest.auth import authenticate
+from ingest.costing import price
 from ingest.errors import IngestError
 from ingest.event import RequestEvent, truncate_body
-from ingest.log_api import price, read_body, submit_durably
+from ingest.log_api import read_body, submit_durably
 from ingest.writer import Writer
-from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal
 
 _NAMESPACE = uuid.UUID("0f5a8c3e-7d4b-4e0e-9a1b-3f1c2d5e6a7b")

@@ -19,16 +19,16 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from pricing.prices import PriceBook
 
 from ingest import headers as hh
 from ingest import usage
 from ingest.auth import EXPECTED, bearer, resolve
+from ingest.costing import price
 from ingest.errors import Forbidden, HttpError, IngestError, Unauthorized
 from ingest.event import RequestEvent, new_request_id, truncate_body
-from ingest.log_api import price
 from ingest.metrics import Metrics
 from ingest.writer import Writer
-from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal
 
 log = logging.getLogger("llmlens.proxy")
@@ -212,7 +212,9 @@ class Proxy:
         upstream: httpx.Response | None = None
         try:
             req = self._client.build_request(scope["method"], url, headers=out_headers, content=send_body)
+            ctx.sent = time.perf_counter()
             upstream = await self._client.send(req, stream=True)
+            ctx.headers_at = time.perf_counter()
         except httpx.TimeoutException as exc:
             await self._fail(send, ctx, GatewayTimeout(f"the provider did not answer within {self.timeout.read:g} s ({type(exc).__name__})"))
             return
@@ -241,8 +243,9 @@ class Proxy:
         if not is_stream and "content-length" in upstream.headers and not strip_usage:
             out.append((b"content-length", upstream.headers["content-length"].encode()))
         out.append((b"helicone-id", ctx.request_id.encode()))
-        overhead = (time.perf_counter() - ctx.started) * 1000 - upstream.elapsed.total_seconds() * 1000
-        out.append((b"llmlens-overhead-ms", f"{max(overhead, 0):.2f}".encode()))
+        # Our own time: before the request left, and between the provider's headers and ours.
+        overhead = (ctx.sent - ctx.started + time.perf_counter() - ctx.headers_at) * 1000
+        out.append((b"llmlens-overhead-ms", f"{overhead:.2f}".encode()))
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
 
         disconnected = asyncio.Event()
@@ -310,6 +313,8 @@ class _Call:
     error: str = ""
     ttft_ms: int | None = None
     ended: float = 0.0
+    sent: float = 0.0
+    headers_at: float = 0.0
     stream: bool = False
     cancelled: bool = False
     response: Capture = field(init=False)

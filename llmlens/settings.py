@@ -78,6 +78,12 @@ def _hosts(key: str, raw: str) -> tuple[str, ...]:
     return hosts
 
 
+def _choice(key: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise SettingsError(f"{key} has value {raw!r}; expected one of {', '.join(choices)}")
+    return raw
+
+
 def _path(key: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
@@ -118,6 +124,8 @@ class Settings:
         _hosts("", DEFAULT_GATEWAY_HOSTS), DEFAULT_GATEWAY_HOSTS, _hosts,
         "Comma-separated hosts /gateway and Helicone-OpenAI-Api-Base may reach (`*.domain` allowed); private addresses only if listed.",
     )
+    upstream_transport: str = _setting("aiohttp", "aiohttp", lambda k, v: _choice(k, v, ("aiohttp", "httpx")),
+                                       "The proxy's outbound HTTP transport under the httpx API: aiohttp (faster) or httpx.")
     upstream_timeout_s: float = _setting(600.0, "600", _float, "Longest the proxy waits on the provider before answering 504.")
     prices_file: Path | None = _setting(None, "", _opt_path, "TOML file of price overrides (self-hosted, fine-tuned or negotiated rates).")
     prices_auto_update: bool = _setting(False, "0", _bool, "Fetch newer prices from the genai-prices project at run time (needs network).")

@@ -21,6 +21,8 @@ CREATE TABLE IF NOT EXISTS request_events
     cache_read_tokens  UInt32 DEFAULT 0,
     cache_write_tokens UInt32 DEFAULT 0,
     cost_nanos         Nullable(UInt64),
+    -- where the cost came from: 'registry', 'override', 'provided' (sent with the log), '' (no price known)
+    cost_source        LowCardinality(String) DEFAULT '',
     user_id            String DEFAULT '',
     session_id         String DEFAULT '',
     session_path       String DEFAULT '',

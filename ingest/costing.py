@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pricing.prices import PriceBook, Usage
-
 from ingest.event import RequestEvent
+from pricing.prices import PriceBook, Usage
 
 
 def price(prices: PriceBook, ev: RequestEvent) -> None:

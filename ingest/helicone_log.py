@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from pricing.prices import PriceBook, nanos_from_usd
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -21,6 +20,7 @@ from ingest.errors import IngestError, Unauthorized
 from ingest.event import EventError, RequestEvent, parse_timestamp, truncate_body
 from ingest.log_api import read_body, submit_durably
 from ingest.writer import Writer
+from pricing.prices import PriceBook, nanos_from_usd
 from storage.controlplane import KeyCache, Principal
 
 # Route -> provider, as Helicone's worker derives it (worker/src/routers/api/apiRouter.ts).

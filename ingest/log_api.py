@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pricing.prices import PriceBook, nanos_from_usd
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -17,6 +16,7 @@ from ingest.errors import IngestError, PayloadTooLarge, SpoolFullError
 from ingest.event import EventError, RequestEvent, event_from_api
 from ingest.spool import SpoolFull
 from ingest.writer import Writer
+from pricing.prices import PriceBook, nanos_from_usd
 from storage.controlplane import KeyCache
 
 MAX_EVENTS = 10_000

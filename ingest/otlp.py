@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pricing.prices import PriceBook
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,6 +27,7 @@ from ingest.errors import IngestError
 from ingest.event import RequestEvent, truncate_body
 from ingest.log_api import read_body, submit_durably
 from ingest.writer import Writer
+from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal
 
 _NAMESPACE = uuid.UUID("0f5a8c3e-7d4b-4e0e-9a1b-3f1c2d5e6a7b")

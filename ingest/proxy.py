@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from pricing.prices import PriceBook
 
 from ingest import headers as hh
 from ingest import usage
@@ -29,6 +28,7 @@ from ingest.errors import Forbidden, HttpError, IngestError, Unauthorized
 from ingest.event import RequestEvent, new_request_id, truncate_body
 from ingest.metrics import Metrics
 from ingest.writer import Writer
+from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal
 
 log = logging.getLogger("llmlens.proxy")

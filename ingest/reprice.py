@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import orjson
-from pricing.prices import PriceBook, Usage
 
 from ingest.costing import cost_of
 from ingest.event import format_ts
+from pricing.prices import PriceBook, Usage
 from storage.clickhouse import ClickHouse
 
 GROUPS = """

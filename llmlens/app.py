@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from pricing.prices import PriceBook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -23,6 +22,7 @@ from ingest.proxy import PREFIXES, Proxy
 from ingest.spool import Spool
 from ingest.writer import Writer
 from llmlens.settings import Settings
+from pricing.prices import PriceBook
 from storage import clickhouse, migrate, postgres
 from storage.controlplane import ControlPlane, KeyCache
 

@@ -105,10 +105,9 @@ def cmd_pricing_show(args: argparse.Namespace) -> int:
 
 
 def cmd_pricing_reprice(args: argparse.Namespace) -> int:
-    from pricing.prices import PriceBook
-
     from ingest.event import parse_timestamp
     from ingest.reprice import RepriceResult, reprice
+    from pricing.prices import PriceBook
     from storage import clickhouse
 
     settings = _settings(args)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pricing.prices import PriceBook, usd_from_nanos
 
 from ingest.reprice import reprice
 from llmlens.app import Services, create_app, open_services
 from llmlens.settings import Settings
+from pricing.prices import PriceBook, usd_from_nanos
 from tests.servers import serve
 
 OVERRIDES = """

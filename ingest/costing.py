@@ -22,5 +22,4 @@ def cost_of(prices: PriceBook, provider: str, model: str, usage: Usage, at: date
     nanos = prices.cost_nanos(provider, model, usage, at=at)
     if nanos is None:
         return None, ""
-    found = prices.lookup(provider, model, at=at)
-    return nanos, "override" if found is not None and found.source.startswith("override") else "registry"
+    return nanos, prices.source(provider, model)

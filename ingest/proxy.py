@@ -216,6 +216,9 @@ class Proxy:
             upstream = await self._client.send(req, stream=True)
             ctx.headers_at = time.perf_counter()
         except httpx.TimeoutException as exc:
+            if _refused(exc):
+                await self._fail(send, ctx, BadGateway(f"could not reach the provider at {target.base}: ConnectError: {exc}"))
+                return
             await self._fail(send, ctx, GatewayTimeout(f"the provider did not answer within {self.timeout.read:g} s ({type(exc).__name__})"))
             return
         except httpx.HTTPError as exc:
@@ -268,9 +271,9 @@ class Proxy:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except httpx.HTTPError as exc:
-            # The provider dropped mid-body: the client sees the connection end; the log keeps what arrived.
+            # The provider dropped mid-body. Returning without finishing the response makes the server drop the
+            # client's connection too, so the client sees what it would have seen direct; the log keeps the part.
             ctx.error = f"the provider connection broke mid-response: {type(exc).__name__}: {exc}"
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             ctx.cancelled = True
         finally:
@@ -443,6 +446,13 @@ class _UsageChunkFilter:
     def flush(self) -> bytes:
         rest, self._pending = self._pending, b""
         return rest
+
+
+def _refused(exc: Exception) -> bool:
+    """httpx-aiohttp reports a refused connection as ConnectTimeout; the cause tells them apart."""
+    import aiohttp
+
+    return isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(exc.__cause__, TimeoutError)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -37,16 +37,21 @@ class Proxied:
     key: str
     fake: FakeProvider
     services: Services
+    clients: list[Any] = dataclasses.field(default_factory=list)
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"Helicone-Auth": f"Bearer {self.key}", **H, **extra}
 
     def openai(self, **extra: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/openai/v1", api_key="sk-provider-secret-123",
-                             default_headers=self.headers(**extra), max_retries=0)
+        client = openai.OpenAI(base_url=f"{self.url}/openai/v1", api_key="sk-provider-secret-123",
+                               default_headers=self.headers(**extra), max_retries=0)
+        self.clients.append(client)
+        return client
 
     def anthropic(self, **kw: Any) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=f"{self.url}/anthropic", default_headers=self.headers(), max_retries=0, **kw)
+        client = anthropic.Anthropic(base_url=f"{self.url}/anthropic", default_headers=self.headers(), max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
     def events(self, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
         """Wait until n events are stored; return them oldest first with every column."""
@@ -75,7 +80,10 @@ def proxied(settings: Settings, fake: FakeProvider) -> Iterator[Proxied]:
     services = open_services(s)
     key = services.control.create_key("proxy")[1]
     with serve(create_app(s, services)) as url:
-        yield Proxied(url, key, fake, services)
+        p = Proxied(url, key, fake, services)
+        yield p
+        for client in p.clients:
+            client.close()
     services.pg.close()
 
 
@@ -173,19 +181,36 @@ def test_responses_api_and_embeddings(proxied: Proxied) -> None:
     ]
 
 
-@pytest.mark.parametrize("auth", ["x-api-key", "bearer"])
+def test_anthropic_x_api_key_and_beta_headers_forwarded(proxied: Proxied) -> None:
+    headers = {**proxied.headers(), "x-api-key": "sk-ant-older-sdk", "anthropic-version": "2023-06-01",
+               "anthropic-beta": "prompt-caching-2024-07-31"}
+    r = httpx.post(f"{proxied.url}/anthropic/v1/messages", headers=headers, json={
+        "model": "claude-haiku-4-5", "max_tokens": 10, "metadata": {"user_id": "cached"},
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    sent = dict(proxied.fake.requests[-1].headers)
+    assert (sent["x-api-key"], sent["anthropic-version"], sent["anthropic-beta"]) == (
+        "sk-ant-older-sdk", "2023-06-01", "prompt-caching-2024-07-31")
+    (row,) = proxied.events(1)
+    usage = r.json()["usage"]
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        usage["input_tokens"] + 120, 100, 20)
+    assert row["cost_nanos"] is not None and row["cost_source"] == "registry"
+
+
+@pytest.mark.parametrize("auth", ["api_key", "auth_token"])
 def test_anthropic_messages(proxied: Proxied, auth: str) -> None:
-    kw = {"api_key": "sk-ant-secret-456"} if auth == "x-api-key" else {"auth_token": "sk-ant-secret-456"}
+    kw = {auth: "sk-ant-secret-456"}
     client = proxied.anthropic(**kw)
-    msg = client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+    msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=64,
                                  messages=[{"role": "user", "content": "Hello Claude, how are you"}])
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64,
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=64,
                                 messages=[{"role": "user", "content": "Stream to me Claude"}]) as s:
         final = s.get_final_message()
-    sent = proxied.fake.requests[-1]
-    names = {n for n, _ in sent.headers}
-    assert ("x-api-key" in names) == (auth == "x-api-key") and ("authorization" in names) == (auth == "bearer")
-    assert "anthropic-version" in names
+    sent = dict(proxied.fake.requests[-1].headers)
+    # whichever credential header this SDK version sends (2.x: Authorization) arrives unchanged
+    assert sent.get("x-api-key") == "sk-ant-secret-456" or sent.get("authorization") == "Bearer sk-ant-secret-456"
+    assert "anthropic-version" in sent
     rows = proxied.events(2)
     for row, m in zip(rows, (msg, final), strict=True):
         common(proxied, row)

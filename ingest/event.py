@@ -44,6 +44,8 @@ class RequestEvent:
     prompt_version: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     cache_hit: bool = False
+    cache_saved_nanos: int = 0
+    attempts: int = 1
     stream: bool = False
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -40,6 +40,11 @@ class HeliconeMeta:
     omit_request: bool = False
     omit_response: bool = False
     properties: dict[str, str] = field(default_factory=dict)
+    # Gateway controls (cache, retries, fallbacks, rate limits), by lower-case header name; empty for most calls.
+    controls: dict[str, str] = field(default_factory=dict)
+
+
+CONTROL_PREFIXES = ("helicone-cache-", "helicone-retry-", "helicone-ratelimit-policy", "helicone-fallbacks")
 
 
 def _true(value: str) -> bool:
@@ -90,6 +95,8 @@ def parse(pairs: Iterable[tuple[str, str]]) -> HeliconeMeta:
                 meta.omit_request = _true(value)
             case "helicone-omit-response":
                 meta.omit_response = _true(value)
+            case _ if name.startswith(CONTROL_PREFIXES):
+                meta.controls[name] = value
     return meta
 
 

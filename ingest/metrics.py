@@ -75,7 +75,7 @@ class Histogram:
             running = 0.0
             for bound, count in zip(self.buckets, series, strict=False):
                 running += count
-                le = 'le="%g"' % bound
+                le = f'le="{bound:g}"'
                 lines.append(f"{self.name}_bucket{_fmt_labels(key, le)} {running:g}")
             inf = 'le="+Inf"'
             lines.append(f"{self.name}_bucket{_fmt_labels(key, inf)} {series[-1]:g}")

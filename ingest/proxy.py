@@ -20,13 +20,15 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from ingest import cache, usage
 from ingest import headers as hh
-from ingest import usage
 from ingest.auth import EXPECTED, bearer, resolve
+from ingest.controls import Gateway, Plan
 from ingest.costing import price
 from ingest.errors import Forbidden, HttpError, IngestError, Unauthorized
 from ingest.event import RequestEvent, new_request_id, truncate_body
 from ingest.metrics import Metrics
+from ingest.retry import RETRY_ON, Fallback
 from ingest.writer import Writer
 from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal
@@ -59,6 +61,11 @@ class BadGateway(HttpError):
 
 class GatewayTimeout(HttpError):
     status = 504
+
+
+def _provider_of(base: str) -> str:
+    host = urlsplit(base).hostname or ""
+    return GATEWAY_PROVIDERS.get(host, host)
 
 
 def host_allowed(netloc: str, allowed: tuple[str, ...]) -> bool:
@@ -129,6 +136,7 @@ class Proxy:
         timeout_s: float,
         max_body_bytes: int,
         transport: str = "aiohttp",
+        gateway: Gateway | None = None,
     ) -> None:
         self.keys, self.writer, self.prices, self.metrics = keys, writer, prices, metrics
         self.openai_base = openai_base_url
@@ -138,6 +146,8 @@ class Proxy:
         self.max_body = max_body_bytes
         self.transport = transport
         self._client: httpx.AsyncClient | None = None
+        self.gateway = gateway
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
@@ -150,6 +160,8 @@ class Proxy:
             self._client = httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False)
 
     async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
         if self._client is not None:
             await self._client.aclose()
 
@@ -166,8 +178,7 @@ class Proxy:
             raise IngestError("Helicone-Target-Url header is missing; /gateway needs the provider's origin, "
                              "e.g. Helicone-Target-Url: https://api.together.xyz")
         base = self._checked_origin(meta.target_url, "Helicone-Target-Url")
-        host = urlsplit(base).hostname or ""
-        return Target(base, GATEWAY_PROVIDERS.get(host, host))
+        return Target(base, _provider_of(base))
 
     def _checked_origin(self, url: str, header: str) -> str:
         parts = urlsplit(url)
@@ -196,40 +207,111 @@ class Proxy:
             return
 
         body = await _read_body(receive)
-        url = target.base + "/" + rest.decode("latin-1")
-        if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+        tail = "/" + rest.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
         out_headers = [(n, v) for n, v in pairs if n not in _DROP_REQUEST and not n.startswith("helicone-")]
         out_headers.append(("accept-encoding", "identity"))  # relay bytes as they come; never a mismatched encoding
-        request_id = meta.request_id or new_request_id()
+        ctx = _Call(scope, meta, principal, target, body, created_at, started, meta.request_id or new_request_id(),
+                    self.max_body)
+
+        plan: Plan | None = None
+        needed = self.gateway.needed(meta, principal.org_id) if self.gateway is not None else False
+        if needed is not False and self.gateway is not None:
+            try:
+                plan = await self.gateway.plan(meta, principal, url=target.base + tail, body=body, headers=pairs)
+                for fb in plan.fallbacks or []:
+                    self._checked_origin(fb.target_url, "Helicone-Fallbacks target-url")
+            except HttpError as exc:
+                await _send_json(send, exc.status, exc.body(), extra=[(k.lower().encode(), v.encode()) for k, v in exc.headers.items()])
+                self.metrics.http_requests.inc(route=route, status=str(exc.status))
+                if exc.status == 429:  # a refused call is still a call the team wants to see
+                    ctx.status, ctx.error, ctx.ended = 429, exc.message, time.perf_counter()
+                    self._log(ctx, None, plan)
+                return
+            if plan.hit is not None:
+                await self._serve_hit(send, ctx, plan)
+                self.metrics.http_requests.inc(route=route, status=str(ctx.status))
+                self._log(ctx, None, plan)
+                return
 
         send_body, include_usage_added = body, False
         if rest.endswith(b"chat/completions") and b'"stream"' in body:
             send_body, include_usage_added = _with_stream_usage(body)
-
-        ctx = _Call(scope, meta, principal, target, body, created_at, started, request_id, self.max_body)
-        assert self._client is not None
-        upstream: httpx.Response | None = None
-        try:
-            req = self._client.build_request(scope["method"], url, headers=out_headers, content=send_body)
-            ctx.sent = time.perf_counter()
-            upstream = await self._client.send(req, stream=True)
-            ctx.headers_at = time.perf_counter()
-        except httpx.TimeoutException as exc:
-            if _refused(exc):
-                await self._fail(send, ctx, BadGateway(f"could not reach the provider at {target.base}: ConnectError: {exc}"))
-                return
-            await self._fail(send, ctx, GatewayTimeout(f"the provider did not answer within {self.timeout.read:g} s ({type(exc).__name__})"))
-            return
-        except httpx.HTTPError as exc:
-            await self._fail(send, ctx, BadGateway(f"could not reach the provider at {target.base}: {type(exc).__name__}: {exc}"))
+        upstream = await self._upstream(send, ctx, plan, tail, out_headers, send_body)
+        if upstream is None:
+            self._log(ctx, None, plan)
             return
         try:
-            await self._relay(scope, receive, send, upstream, ctx, include_usage_added)
+            await self._relay(scope, receive, send, upstream, ctx, include_usage_added, plan)
         finally:
             await upstream.aclose()
             self.metrics.http_requests.inc(route=route, status=str(ctx.status))
-            self._log(ctx, upstream)
+            self._log(ctx, upstream, plan)
+
+    async def _upstream(self, send: Send, ctx: _Call, plan: Plan | None, tail: str, headers: list[tuple[str, str]],
+                        body: bytes) -> httpx.Response | None:
+        """Send the call (with retries and fallbacks when asked); None when an error response was already sent."""
+        assert self._client is not None
+        targets: list[tuple[str, dict[str, str], bytes, Fallback | None]] = [(ctx.target.base, {}, body, None)]
+        if plan is not None and plan.fallbacks:
+            targets = [(fb.target_url.rstrip("/"), fb.headers, fb.body(body), fb) for fb in plan.fallbacks]
+        policy = plan.retry if plan is not None else None
+        for index, (base, extra, content, fb) in enumerate(targets):
+            last_target = index == len(targets) - 1
+            out = [(n, v) for n, v in headers if n not in extra] + list(extra.items())
+            for attempt in range((policy.retries if policy else 0) + 1):
+                ctx.attempts += 1
+                ctx.target = Target(base, ctx.target.provider if fb is None else _provider_of(base))
+                ctx.fallback_index = index if plan is not None and plan.fallbacks else None
+                failure: HttpError | None = None
+                upstream: httpx.Response | None = None
+                try:
+                    req = self._client.build_request(ctx.scope["method"], base + tail, headers=out, content=content)
+                    ctx.sent = time.perf_counter()
+                    upstream = await self._client.send(req, stream=True)
+                    ctx.headers_at = time.perf_counter()
+                except httpx.TimeoutException as exc:
+                    failure = (BadGateway(f"could not reach the provider at {base}: ConnectError: {exc}") if _refused(exc)
+                               else GatewayTimeout(f"the provider did not answer within {self.timeout.read:g} s ({type(exc).__name__})"))
+                except httpx.HTTPError as exc:
+                    failure = BadGateway(f"could not reach the provider at {base}: {type(exc).__name__}: {exc}")
+                status = upstream.status_code if upstream is not None else (failure.status if failure else 0)
+                can_retry = policy is not None and attempt < policy.retries and status in RETRY_ON
+                moves_on = fb is not None and not last_target and fb.moves_on(status)
+                if upstream is not None and not can_retry and not moves_on:
+                    return upstream
+                if upstream is not None:
+                    retry_after = upstream.headers.get("retry-after")
+                    await upstream.aclose()
+                else:
+                    retry_after = None
+                if can_retry and policy is not None:
+                    await asyncio.sleep(policy.delay_s(attempt, retry_after))
+                    continue
+                if moves_on:
+                    break
+                assert failure is not None
+                await self._fail(send, ctx, failure)
+                return None
+        return None  # unreachable: the last target always returns or fails
+
+    async def _serve_hit(self, send: Send, ctx: _Call, plan: Plan) -> None:
+        hit = plan.hit
+        assert hit is not None
+        ctx.status, ctx.stream, ctx.cache_hit = hit.status, hit.stream, True
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in hit.headers]
+        headers += [(b"helicone-id", ctx.request_id.encode()), (b"helicone-cache", b"HIT"),
+                    (b"helicone-cache-bucket-idx", str(plan.cache_bucket).encode()), *plan.extra_headers]
+        if not hit.stream:
+            headers.append((b"content-length", str(len(hit.body)).encode()))
+        await send({"type": "http.response.start", "status": hit.status, "headers": headers})
+        chunks = cache.replay_chunks(hit.body) if hit.stream else [hit.body]
+        for i, chunk in enumerate(chunks):
+            if i == 0:
+                ctx.ttft_ms = int((time.perf_counter() - ctx.started) * 1000)
+            ctx.response.add(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        ctx.ended = time.perf_counter()
 
     async def _authenticate(self, meta: hh.HeliconeMeta) -> Principal:
         if not meta.auth:
@@ -237,7 +319,8 @@ class Proxy:
         return await resolve(self.keys, bearer(meta.auth, "Helicone-Auth"))
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, upstream: httpx.Response, ctx: _Call, strip_usage: bool
+        self, scope: Scope, receive: Receive, send: Send, upstream: httpx.Response, ctx: _Call, strip_usage: bool,
+        plan: Plan | None,
     ) -> None:
         ctx.status = upstream.status_code
         is_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
@@ -249,6 +332,12 @@ class Proxy:
         # Our own time: before the request left, and between the provider's headers and ours.
         overhead = (ctx.sent - ctx.started + time.perf_counter() - ctx.headers_at) * 1000
         out.append((b"llmlens-overhead-ms", f"{overhead:.2f}".encode()))
+        if plan is not None:
+            out += plan.extra_headers
+            if plan.cache_policy is not None:
+                out.append((b"helicone-cache", b"MISS"))
+            if ctx.fallback_index is not None:
+                out.append((b"helicone-fallback-index", str(ctx.fallback_index).encode()))
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
 
         disconnected = asyncio.Event()
@@ -284,21 +373,50 @@ class Proxy:
                 ctx.cancelled = True
 
     async def _fail(self, send: Send, ctx: _Call, exc: HttpError) -> None:
+        """Answer with a JSON error; the caller logs the call."""
         ctx.status, ctx.error, ctx.ended = exc.status, exc.message, time.perf_counter()
         await _send_json(send, exc.status, exc.body(), extra=[(b"helicone-id", ctx.request_id.encode())])
         self.metrics.http_requests.inc(route="/" + ctx.scope["path"].split("/")[1] + "/*", status=str(exc.status))
-        self._log(ctx, None)
 
     # --- the log (after the client is served) ------------------------------------------------------------
-    def _log(self, ctx: _Call, upstream: httpx.Response | None) -> None:
+    def _log(self, ctx: _Call, upstream: httpx.Response | None, plan: Plan | None = None) -> None:
         try:
             ev = build_event(ctx, upstream)
             price(self.prices, ev)
+            if ctx.cache_hit and plan is not None and plan.hit is not None:
+                # A hit costs nothing at the provider; what the provider would have charged is the saving.
+                ev.cache_saved_nanos = plan.hit.cost_nanos or ev.cost_nanos or 0
+                ev.cost_nanos, ev.cost_source = 0, "cache"
         except Exception:  # logging must never break the call; count and move on
             log.exception("could not build the event for request %s", ctx.request_id)
             self.metrics.events_dropped.inc()
             return
         self.writer.submit_nowait(ev)
+        if plan is not None and self.gateway is not None:
+            self._background(self._after(ctx, upstream, plan, ev))
+
+    async def _after(self, ctx: _Call, upstream: httpx.Response | None, plan: Plan, ev: RequestEvent) -> None:
+        """Off the request path: save a cacheable response, charge cents buckets and budgets."""
+        assert self.gateway is not None
+        try:
+            pol = plan.cache_policy
+            ok = (upstream is not None and 200 <= ctx.status < 300 and not ctx.error and not ctx.cancelled
+                  and not ctx.response.truncated and not ctx.cache_hit)
+            if pol is not None and pol.save and ok and upstream is not None:
+                headers = cache.stored_headers(upstream.headers.raw, _DROP_RESPONSE | {"content-encoding"})
+                await asyncio.to_thread(
+                    self.gateway.cache.store, plan.cache_key, plan.cache_bucket, org_id=ctx.principal.org_id,
+                    status=ctx.status, headers=headers, body=b"".join(ctx.response.head), stream=ctx.stream,
+                    cost_nanos=ev.cost_nanos, model=ev.model, max_age_s=pol.max_age_s, now=datetime.now(UTC))
+            if plan.verdict is not None and not ctx.cache_hit:
+                await asyncio.to_thread(self.gateway.limits.settle, plan.verdict, ev.cost_nanos)
+        except Exception:
+            log.exception("gateway bookkeeping failed for request %s", ctx.request_id)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 @dataclass(slots=True)
@@ -320,6 +438,9 @@ class _Call:
     headers_at: float = 0.0
     stream: bool = False
     cancelled: bool = False
+    cache_hit: bool = False
+    attempts: int = 0
+    fallback_index: int | None = None
     response: Capture = field(init=False)
 
     def __post_init__(self) -> None:
@@ -392,6 +513,8 @@ def build_event(ctx: _Call, upstream: httpx.Response | None) -> RequestEvent:
         prompt_version=meta.prompt_version,
         properties=meta.properties,
         stream=ctx.stream,
+        cache_hit=ctx.cache_hit,
+        attempts=max(ctx.attempts, 1),
         request_headers=hh.storable((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]),
         response_headers=hh.storable(upstream.headers.items()) if upstream is not None else {},
         request_body=request_text,

@@ -15,8 +15,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import api as dashboard_api
-from ingest import helicone_log, log_api, otlp
+from ingest import gateway_api, helicone_log, log_api, otlp
+from ingest.cache import ResponseCache
+from ingest.controls import Gateway
 from ingest.errors import HttpError
+from ingest.limits import Limits
 from ingest.metrics import Metrics
 from ingest.proxy import PREFIXES, Proxy
 from ingest.spool import Spool
@@ -46,6 +49,7 @@ class Services:
     writer: Writer
     metrics: Metrics
     prices: PriceBook
+    limits: Limits
 
 
 def open_services(settings: Settings) -> Services:
@@ -67,6 +71,7 @@ def open_services(settings: Settings) -> Services:
     return Services(
         settings=settings, ch=ch, ch_insert=ch_insert, pg=pg, control=control,
         keys=KeyCache(control, settings.key_cache_ttl_s), writer=writer, metrics=metrics, prices=prices,
+        limits=Limits(pg),
     )
 
 
@@ -147,11 +152,15 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
             "last_error": services.writer.last_error or None,
         })
 
+    gateway = Gateway(
+        ResponseCache(services.pg, max_entry_bytes=settings.cache_max_entry_bytes, max_total_bytes=settings.cache_max_bytes),
+        services.limits,
+    )
     proxy = Proxy(
         keys=services.keys, writer=services.writer, prices=services.prices, metrics=services.metrics,
         openai_base_url=settings.openai_base_url, anthropic_base_url=settings.anthropic_base_url,
         allowed_hosts=settings.gateway_allowed_hosts, timeout_s=settings.upstream_timeout_s,
-        max_body_bytes=settings.max_body_bytes, transport=settings.upstream_transport,
+        max_body_bytes=settings.max_body_bytes, transport=settings.upstream_transport, gateway=gateway,
     )
 
     @contextlib.asynccontextmanager
@@ -159,10 +168,12 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         services.writer.start()
         await proxy.start()
         touch = asyncio.create_task(_touch_keys(services.keys))
+        evict = asyncio.create_task(_evict_cache(gateway.cache))
         try:
             yield
         finally:
             touch.cancel()
+            evict.cancel()
             await proxy.aclose()
             await services.writer.close()
             services.keys.flush_last_used()
@@ -178,6 +189,7 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         *otlp.routes(keys=services.keys, writer=services.writer, prices=services.prices,
                      max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
+        *gateway_api.routes(keys=services.keys, limits=services.limits),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: error_response, HttpError: error_response})
     app.state.services = services
@@ -198,6 +210,15 @@ class Dispatch:
             await self.proxy(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def _evict_cache(response_cache: ResponseCache) -> None:
+    while True:
+        await asyncio.sleep(60)
+        try:
+            await asyncio.to_thread(response_cache.evict)
+        except Exception:
+            log.warning("could not evict expired cache entries", exc_info=True)
 
 
 async def _touch_keys(keys: KeyCache) -> None:

@@ -127,6 +127,8 @@ class Settings:
     upstream_transport: str = _setting("aiohttp", "aiohttp", lambda k, v: _choice(k, v, ("aiohttp", "httpx")),
                                        "The proxy's outbound HTTP transport under the httpx API: aiohttp (faster) or httpx.")
     upstream_timeout_s: float = _setting(600.0, "600", _float, "Longest the proxy waits on the provider before answering 504.")
+    cache_max_entry_bytes: int = _setting(4 << 20, str(4 << 20), _int, "Largest response the proxy cache keeps (Helicone-Cache-Enabled).")
+    cache_max_bytes: int = _setting(1 << 30, str(1 << 30), _int, "Total size of the proxy cache in PostgreSQL; the oldest entries go first.")
     prices_file: Path | None = _setting(None, "", _opt_path, "TOML file of price overrides (self-hosted, fine-tuned or negotiated rates).")
     prices_auto_update: bool = _setting(False, "0", _bool, "Fetch newer prices from the genai-prices project at run time (needs network).")
 

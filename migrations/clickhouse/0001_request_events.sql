@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS request_events
     properties         Map(LowCardinality(String), String),
     scores             Map(LowCardinality(String), Int64),
     cache_hit          Bool DEFAULT false,
+    -- what a cache hit would have cost at the provider (its own cost is 0)
+    cache_saved_nanos  UInt64 DEFAULT 0,
+    -- upstream attempts made by the proxy (retries and fallbacks); 1 for a plain call
+    attempts           UInt8 DEFAULT 1,
     stream             Bool DEFAULT false,
     request_headers    Map(LowCardinality(String), String) CODEC(ZSTD(3)),
     response_headers   Map(LowCardinality(String), String) CODEC(ZSTD(3)),

@@ -343,6 +343,7 @@ class Proxy:
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected)) if is_stream else None
         filt = _UsageChunkFilter() if (strip_usage and is_stream) else None
+        complete = False
         try:
             async for chunk in upstream.aiter_raw():
                 if ctx.ttft_ms is None:
@@ -359,6 +360,7 @@ class Proxy:
             if filt is not None and (rest := filt.flush()):
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            complete = True
         except httpx.HTTPError as exc:
             # The provider dropped mid-body. Returning without finishing the response makes the server drop the
             # client's connection too, so the client sees what it would have seen direct; the log keeps the part.
@@ -369,7 +371,7 @@ class Proxy:
             ctx.ended = time.perf_counter()
             if watcher is not None:
                 watcher.cancel()
-            if disconnected.is_set():
+            if disconnected.is_set() and not complete:  # a client leaving after the last byte cancelled nothing
                 ctx.cancelled = True
 
     async def _fail(self, send: Send, ctx: _Call, exc: HttpError) -> None:

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anthropic
@@ -37,7 +38,12 @@ class Proxied:
     key: str
     fake: FakeProvider
     services: Services
+    app: Any = None
     clients: list[Any] = dataclasses.field(default_factory=list)
+
+    def proxy_tasks(self) -> list[Any]:
+        """The proxy's background work (cache saves, budget charges) still in flight."""
+        return list(self.app.proxy._tasks)
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"Helicone-Auth": f"Bearer {self.key}", **H, **extra}
@@ -70,21 +76,29 @@ def fake() -> Iterator[FakeProvider]:
         yield fp
 
 
-@pytest.fixture
-def proxied(settings: Settings, fake: FakeProvider) -> Iterator[Proxied]:
-    port = fake.url.rsplit(":", 1)[1]
+@contextmanager
+def running(settings: Settings, fake: FakeProvider, *others: FakeProvider) -> Iterator[Proxied]:
+    """llmlens in front of `fake`, with every fake provider's address on the gateway allow-list."""
+    allowed = tuple(f"127.0.0.1:{f.url.rsplit(':', 1)[1]}" for f in (fake, *others))
     s = dataclasses.replace(
         settings, openai_base_url=fake.url, anthropic_base_url=fake.url,
-        gateway_allowed_hosts=("api.together.xyz", f"127.0.0.1:{port}"),
+        gateway_allowed_hosts=("api.together.xyz", *allowed),
     )
     services = open_services(s)
     key = services.control.create_key("proxy")[1]
-    with serve(create_app(s, services)) as url:
-        p = Proxied(url, key, fake, services)
+    app = create_app(s, services)
+    with serve(app) as url:
+        p = Proxied(url, key, fake, services, app)
         yield p
         for client in p.clients:
             client.close()
     services.pg.close()
+
+
+@pytest.fixture
+def proxied(settings: Settings, fake: FakeProvider) -> Iterator[Proxied]:
+    with running(settings, fake) as p:
+        yield p
 
 
 def forwarded_names(fake: FakeProvider, index: int = -1) -> set[str]:

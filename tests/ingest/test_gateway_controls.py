@@ -13,7 +13,7 @@ import pytest
 
 from llmlens.settings import Settings
 from tests.fake_provider import FakeProvider
-from tests.ingest.test_proxy import Proxied, fake, proxied, running  # noqa: F401  (fixtures)
+from tests.proxied import Proxied, running
 
 MSG = [{"role": "user", "content": "cache me if you can"}]
 

@@ -87,9 +87,13 @@ def readiness(services: Services) -> list[str]:
     except Exception as exc:
         problems.append(f"PostgreSQL is unreachable: {str(exc)[:200]}")
     if not problems:
-        left = migrate.pending(services.ch, services.pg)
-        if left:
-            problems.append(f"migrations not applied: {', '.join(left)}")
+        try:
+            left = migrate.pending(services.ch, services.pg)
+        except Exception as exc:
+            problems.append(f"migrations cannot be checked: {str(exc)[:200]}")
+        else:
+            if left:
+                problems.append(f"migrations not applied: {', '.join(left)}")
     spool = services.writer.spool
     if spool.bytes_used >= spool.max_bytes * 0.9:
         problems.append(f"the spool is nearly full ({spool.bytes_used} of {spool.max_bytes} bytes)")

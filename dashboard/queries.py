@@ -31,12 +31,14 @@ class Filters:
     user_id: str | None = None
     session_id: str | None = None
     prompt_id: str | None = None
+    api_key_id: str | None = None
+    status_class: int | None = None  # 2 for 2xx, 4 for 4xx, 5 for 5xx
     properties: list[tuple[str, str]] = field(default_factory=list)
 
     # column -> (parameter name, ClickHouse type); the only identifiers that ever reach SQL text
     EQUALS = {
         "model": "String", "provider": "String", "status": "Int32",
-        "user_id": "String", "session_id": "String", "prompt_id": "String",
+        "user_id": "String", "session_id": "String", "prompt_id": "String", "api_key_id": "String",
     }
 
     def where(self, org_id: str) -> tuple[str, dict[str, Any]]:
@@ -53,13 +55,16 @@ class Filters:
             if value is not None:
                 clauses.append(f"{column} = {{{column}:{ch_type}}}")
                 params[column] = value
+        if self.status_class is not None:
+            clauses.append("intDiv(status, 100) = {status_class:Int32}")
+            params["status_class"] = self.status_class
         for i, (key, value) in enumerate(self.properties):
             clauses.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
             params[f"pk{i}"], params[f"pv{i}"] = key, value
         return " AND ".join(clauses), params
 
 
-LIST_PARAMS = {"limit", "cursor", "start", "end", *Filters.EQUALS}
+LIST_PARAMS = {"limit", "cursor", "start", "end", "status_class", *Filters.EQUALS}
 
 
 def parse_filters(query: Mapping[str, str] | Any, *, allowed: set[str] | None = None) -> Filters:
@@ -84,6 +89,10 @@ def parse_filters(query: Mapping[str, str] | Any, *, allowed: set[str] | None = 
                 f.status = int(value)
             except ValueError:
                 raise QueryError(f"status {value!r} is not an integer") from None
+        elif name == "status_class":
+            if value not in ("2xx", "3xx", "4xx", "5xx"):
+                raise QueryError(f"status_class must be 2xx, 3xx, 4xx or 5xx, not {value!r}")
+            f.status_class = int(value[0])
         elif name in Filters.EQUALS:
             setattr(f, name, value)
     if f.start and f.end and f.start > f.end:

@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import api as dashboard_api
+from dashboard import pages
+from dashboard.web_auth import Sessions, secret_key
 from ingest import gateway_api, helicone_log, log_api, otlp
 from ingest.cache import ResponseCache
 from ingest.controls import Gateway
@@ -50,6 +52,7 @@ class Services:
     metrics: Metrics
     prices: PriceBook
     limits: Limits
+    sessions: Sessions
 
 
 def open_services(settings: Settings) -> Services:
@@ -71,8 +74,15 @@ def open_services(settings: Settings) -> Services:
     return Services(
         settings=settings, ch=ch, ch_insert=ch_insert, pg=pg, control=control,
         keys=KeyCache(control, settings.key_cache_ttl_s), writer=writer, metrics=metrics, prices=prices,
-        limits=Limits(pg),
+        limits=Limits(pg), sessions=Sessions(secret_key(settings.secret_key, settings.data_dir)),
     )
+
+
+def setup_link(services: Services) -> str | None:
+    """A one-time link that creates the first dashboard admin, while no user exists."""
+    if services.control.user_count() > 0:
+        return None
+    return f"{services.settings.base_url}/setup/{services.sessions.new_setup_token()}"
 
 
 def readiness(services: Services) -> list[str]:
@@ -194,6 +204,8 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
                      max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
         *gateway_api.routes(keys=services.keys, limits=services.limits),
+        *pages.routes(ch=services.ch, control=services.control, keys=services.keys, sessions=services.sessions,
+                      base_url=settings.base_url),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: error_response, HttpError: error_response})
     app.state.services = services

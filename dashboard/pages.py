@@ -1,0 +1,340 @@
+"""Dashboard pages (Jinja2 + htmx + Plotly) and their JSON twins; every page is scoped to the signed-in user's org."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from dashboard import charts, panels, queries
+from dashboard.web_auth import COOKIE, Sessions, WebUser
+from ingest import usage
+from ingest.auth import authenticate
+from ingest.errors import IngestError, NotFound
+from storage.clickhouse import ClickHouse
+from storage.controlplane import ControlPlane, ControlPlaneError, KeyCache
+
+HERE = Path(__file__).resolve().parent
+PAGE_FILTERS = {"model", "provider", "status_class", "user_id", "api_key_id", "session_id", "prompt_id"}
+env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
+env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
+
+
+def _htmx_version() -> str:
+    return next(HERE.joinpath("static").glob("htmx-*.min.js")).name
+
+
+def view_filters(request: Request) -> tuple[queries.Filters, dict[str, Any]]:
+    """Global range and filters from the URL (so a view can be shared); `state` re-renders the controls."""
+    qp = request.query_params
+    rng = qp.get("range", "24h")
+    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property"}
+    unknown = [k for k in qp if k not in allowed and not k.startswith("property.")]
+    if unknown:
+        raise IngestError(f"unknown filter {unknown[0]!r}")
+    picked = {k: v for k, v in qp.multi_items() if (k in PAGE_FILTERS or k.startswith("property.") or k in ("start", "end")) and v}
+    # a free-text "property" box: "team=search"
+    prop = qp.get("property", "")
+    if "=" in prop:
+        k, _, v = prop.partition("=")
+        picked[f"property.{k.strip().lower()}"] = v.strip()
+    try:
+        f = queries.parse_filters(picked, allowed=PAGE_FILTERS | {"start", "end"})
+    except queries.QueryError as exc:
+        raise IngestError(str(exc)) from None
+    if rng == "custom" and f.start and f.end:
+        w = panels.Window(f.start, f.end)
+    else:
+        w = panels.window(rng)
+        f.start, f.end = w.start, w.end
+    state = {"range": rng, "filters": picked, "query": urlencode([(k, v) for k, v in qp.multi_items() if k != "cursor"])}
+    return f, {"window": w, **state}
+
+
+def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str) -> list[Route]:
+    def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
+        template = env.get_template(name)
+        return HTMLResponse(template.render(request=request, user=user, htmx=_htmx_version(), base_url=base_url, **ctx))
+
+    def page(handler: Callable[[Request, WebUser], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            user = sessions.read(request.cookies.get(COOKIE))
+            if user is None:
+                target = "/login?next=" + quote(request.url.path + ("?" + request.url.query if request.url.query else ""))
+                if request.headers.get("hx-request"):
+                    return Response(status_code=204, headers={"HX-Redirect": target})
+                return RedirectResponse(target, status_code=303)
+            if request.method == "POST":
+                form = await request.form()
+                if not sessions.csrf_ok(user, str(form.get("csrf", "")) or None):
+                    return HTMLResponse("This form has expired or did not come from llmlens; go back and try again.",
+                                        status_code=403)
+            return await handler(request, user)
+        return guarded
+
+    async def q(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kw)
+
+    # --- login ---------------------------------------------------------------------------------------
+    async def login(request: Request) -> Response:
+        nxt = request.query_params.get("next", "/")
+        if request.method == "GET":
+            token = request.cookies.get("llmlens_login_csrf") or Sessions.new_form_token()
+            resp = render("login.html", request, None, next=nxt, csrf=token, error=None)
+            resp.set_cookie("llmlens_login_csrf", token, httponly=True, samesite="strict")
+            return resp
+        form = await request.form()
+        token = request.cookies.get("llmlens_login_csrf", "")
+        if not token or token != form.get("csrf"):
+            return HTMLResponse("The login form expired; reload the page.", status_code=403)
+        email = str(form.get("email", "")).strip().lower()
+        who = f"{request.client.host if request.client else '?'}|{email}"
+        if not sessions.allow_login(who):
+            resp = render("login.html", request, None, next=nxt, csrf=token,
+                          error="Too many failed attempts; wait a few minutes and try again.")
+            resp.status_code = 429
+            return resp
+        user = await q(control.verify_user, email, str(form.get("password", "")))
+        if user is None:
+            sessions.failed_login(who)
+            resp = render("login.html", request, None, next=nxt, csrf=token, error="Wrong email or password.")
+            resp.status_code = 401
+            return resp
+        dest = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/"
+        resp = RedirectResponse(dest, status_code=303)
+        resp.set_cookie(COOKIE, sessions.issue(user), httponly=True, samesite="lax", max_age=14 * 24 * 3600)
+        return resp
+
+    async def logout(request: Request, user: WebUser) -> Response:
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE)
+        return resp
+
+    async def setup(request: Request) -> Response:
+        token = request.path_params["token"]
+        if sessions.setup_token is None or await q(control.user_count) > 0:
+            return HTMLResponse("Setup is done; sign in instead.", status_code=404)
+        if request.method == "GET":
+            return render("setup.html", request, None, token=token, error=None)
+        form = await request.form()
+        if not sessions.use_setup_token(token):
+            return HTMLResponse("This setup link is not valid.", status_code=404)
+        try:
+            await q(control.create_user, str(form.get("email", "")), str(form.get("password", "")))
+        except ControlPlaneError as exc:
+            sessions.setup_token = token
+            return render("setup.html", request, None, token=token, error=str(exc))
+        return RedirectResponse("/login", status_code=303)
+
+    # --- overview ------------------------------------------------------------------------------------
+    async def overview_data(org_id: str, f: queries.Filters, w: panels.Window) -> dict[str, Any]:
+        kpis, points, models, users, keys_ = await asyncio.gather(
+            q(panels.kpis, ch, org_id, f), q(panels.series, ch, org_id, f, w),
+            q(panels.top, ch, org_id, f, "model"), q(panels.top, ch, org_id, f, "user"), q(panels.property_keys, ch, org_id, f))
+        prop_top = await q(panels.property_values, ch, org_id, f, keys_[0]) if keys_ else []
+        return {"kpis": kpis, "series": points, "top_models": models, "top_users": users,
+                "top_property": {"key": keys_[0] if keys_ else None, "values": prop_top[:10]}}
+
+    async def overview(request: Request, user: WebUser) -> Response:
+        f, state = view_filters(request)
+        data = await overview_data(user.org_id, f, state["window"])
+        figs = {"cost": charts.cost_series(data["series"]), "requests": charts.request_series(data["series"]),
+                "latency": charts.latency_series(data["series"]), "models": charts.bars("Top models by cost", data["top_models"]),
+                "users": charts.bars("Top users by cost", data["top_users"])}
+        name = "_overview_panels.html" if request.headers.get("hx-request") else "overview.html"
+        return render(name, request, user, state=state, data=data, figs=figs, active="overview")
+
+    async def api_overview(request: Request) -> Response:
+        principal = await authenticate(keys, request.headers)
+        f, state = view_filters(request)
+        return JSONResponse(await overview_data(principal.org_id, f, state["window"]))
+
+    # --- requests ------------------------------------------------------------------------------------
+    async def requests_page(request: Request, user: WebUser) -> Response:
+        f, state = view_filters(request)
+        cursor = request.query_params.get("cursor")
+        try:
+            rows, next_cursor = await q(queries.list_requests, ch, user.org_id, f, limit=50, cursor=cursor)
+        except queries.QueryError as exc:
+            raise IngestError(str(exc)) from None
+        sort = request.query_params.get("sort", "time")
+        if sort in ("cost", "latency", "tokens"):  # orders the page shown; pagination stays by time
+            keyf = {"cost": lambda r: float(r["cost_usd"] or 0), "latency": lambda r: r["latency_ms"],
+                    "tokens": lambda r: r["prompt_tokens"] + r["completion_tokens"]}[sort]
+            rows.sort(key=keyf, reverse=True)
+        name = "_request_rows.html" if request.headers.get("hx-request") and request.headers.get("hx-target") == "rows" else "requests.html"
+        return render(name, request, user, state=state, rows=rows, next_cursor=next_cursor, sort=sort, active="requests")
+
+    async def request_detail(request: Request, user: WebUser) -> Response:
+        item = await q(queries.get_request, ch, user.org_id, request.path_params["request_id"])
+        if item is None:
+            raise NotFound("no such request in this org")
+        return render("request.html", request, user, item=item, view=readable(item), active="requests")
+
+    async def export(request: Request, user: WebUser) -> Response:
+        f, _ = view_filters(request)
+        fmt = request.path_params["fmt"]
+        columns = ["request_id", "created_at", "provider", "model", "path", "status", "latency_ms", "ttft_ms",
+                   "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
+                   "user_id", "session_id", "session_path", "session_name", "prompt_id", "prompt_version",
+                   "properties", "source", "stream", "cache_hit", "error"]
+
+        async def rows() -> AsyncIterator[bytes]:
+            if fmt == "csv":
+                yield (",".join(columns) + "\r\n").encode()
+            cursor = None
+            while True:  # keyset pages of 1,000: memory stays flat whatever the size of the set
+                page, cursor = await q(queries.list_requests, ch, user.org_id, f, limit=1000, cursor=cursor)
+                buf = io.StringIO()
+                if fmt == "csv":
+                    w = csv.writer(buf)
+                    for r in page:
+                        w.writerow([orjson.dumps(r[c]).decode() if c == "properties" else ("" if r[c] is None else r[c])
+                                    for c in columns])
+                    yield buf.getvalue().encode()
+                else:
+                    yield b"".join(orjson.dumps(r) + b"\n" for r in page)
+                if cursor is None:
+                    return
+
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+        return StreamingResponse(rows(), media_type=media,
+                                 headers={"Content-Disposition": f'attachment; filename="llmlens-requests.{fmt}"'})
+
+    # --- properties and users ------------------------------------------------------------------------
+    async def properties_page(request: Request, user: WebUser) -> Response:
+        f, state = view_filters(request)
+        keys_ = await q(panels.property_keys, ch, user.org_id, f)
+        key = request.query_params.get("key") or (keys_[0] if keys_ else None)
+        values, points = ([], [])
+        if key:
+            values, points = await asyncio.gather(q(panels.property_values, ch, user.org_id, f, key),
+                                                  q(panels.property_series, ch, user.org_id, f, key, state["window"]))
+        figs = {"values": charts.bars(f"Cost by {key}", values), "series": charts.stacked_cost(points)} if key else {}
+        return render("properties.html", request, user, state=state, keys=keys_, key=key, values=values, figs=figs,
+                      active="properties")
+
+    async def api_properties(request: Request) -> Response:
+        principal = await authenticate(keys, request.headers)
+        f, state = view_filters(request)
+        key = request.path_params.get("key")
+        if key is None:
+            return JSONResponse({"keys": await q(panels.property_keys, ch, principal.org_id, f)})
+        return JSONResponse({"key": key, "values": await q(panels.property_values, ch, principal.org_id, f, key),
+                             "series": await q(panels.property_series, ch, principal.org_id, f, key, state["window"])})
+
+    async def users_page(request: Request, user: WebUser) -> Response:
+        f, state = view_filters(request)
+        rows = await q(panels.users, ch, user.org_id, f)
+        return render("users.html", request, user, state=state, rows=rows, active="users")
+
+    async def api_users(request: Request) -> Response:
+        principal = await authenticate(keys, request.headers)
+        f, _ = view_filters(request)
+        return JSONResponse({"data": await q(panels.users, ch, principal.org_id, f)})
+
+    # --- settings ------------------------------------------------------------------------------------
+    async def settings_page(request: Request, user: WebUser, created: str | None = None) -> Response:
+        api_keys = await q(control.list_keys, user.org_id)
+        members = await q(control.pg.fetchall, "SELECT email, role, created_at FROM users WHERE org_id = %s ORDER BY email",
+                          (user.org_id,))
+        return render("settings.html", request, user, api_keys=api_keys, members=members, created=created, active="settings")
+
+    async def create_key(request: Request, user: WebUser) -> Response:
+        form = await request.form()
+        try:
+            _, plaintext = await q(control.create_key, str(form.get("name", "")), user.org_id)
+        except ControlPlaneError as exc:
+            raise IngestError(str(exc)) from None
+        return await settings_page(request, user, created=plaintext)
+
+    async def revoke_key(request: Request, user: WebUser) -> Response:
+        if not await q(control.revoke_key, request.path_params["key_id"], user.org_id):
+            raise NotFound("no such active key in this org")
+        keys._entries.clear()  # the revoke takes effect at once in this process
+        return RedirectResponse("/settings", status_code=303)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "plotly.min.js":  # shipped inside the plotly Python package; not copied into this repository
+            import plotly
+
+            return FileResponse(Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
+                                headers={"Cache-Control": "public, max-age=86400"})
+        path = HERE / "static" / name
+        if "/" in name or not path.is_file():
+            raise NotFound("no such file")
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+    return [
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", page(logout), methods=["POST"]),
+        Route("/setup/{token}", setup, methods=["GET", "POST"]),
+        Route("/", page(overview)),
+        Route("/requests", page(requests_page)),
+        Route("/requests/export.{fmt:str}", page(export)),
+        Route("/requests/{request_id}", page(request_detail)),
+        Route("/properties", page(properties_page)),
+        Route("/users", page(users_page)),
+        Route("/settings", page(settings_page)),
+        Route("/settings/keys", page(create_key), methods=["POST"]),
+        Route("/settings/keys/{key_id}/revoke", page(revoke_key), methods=["POST"]),
+        Route("/static/{name}", static),
+        Route("/api/v1/overview", api_overview),
+        Route("/api/v1/properties", api_properties),
+        Route("/api/v1/properties/{key}", api_properties),
+        Route("/api/v1/users", api_users),
+    ]
+
+
+def readable(item: dict[str, Any]) -> dict[str, Any]:
+    """Request and response made readable: chat messages as a transcript, streams reassembled, JSON pretty."""
+    def parse(text: str) -> Any:
+        try:
+            return orjson.loads(text) if text[:1] in ("{", "[") else None
+        except orjson.JSONDecodeError:
+            return None
+
+    req = parse(item.get("request_body") or "")
+    resp = parse(item.get("response_body") or "")
+    if resp is None and item.get("stream") and item.get("response_body"):
+        resp = usage.reassemble_stream(item["response_body"])
+    transcript: list[dict[str, Any]] = []
+    if isinstance(req, dict):
+        if isinstance(req.get("system"), str):
+            transcript.append({"role": "system", "content": req["system"]})
+        for m in req.get("messages") or ([] if not isinstance(req.get("input"), str) else [{"role": "user", "content": req["input"]}]):
+            if isinstance(m, dict):
+                transcript.append({"role": m.get("role", "?"), "content": _text(m.get("content")),
+                                   "tool_calls": m.get("tool_calls")})
+    answer: list[dict[str, Any]] = []
+    if isinstance(resp, dict):
+        for c in resp.get("choices") or []:
+            msg = c.get("message") or {}
+            answer.append({"role": msg.get("role", "assistant"), "content": _text(msg.get("content")),
+                           "tool_calls": msg.get("tool_calls")})
+        if isinstance(resp.get("content"), list):
+            answer.append({"role": "assistant", "content": _text(resp["content"]),
+                           "tool_calls": [b for b in resp["content"] if isinstance(b, dict) and b.get("type") == "tool_use"] or None})
+        for o in resp.get("output") or []:
+            if isinstance(o, dict) and o.get("type") == "message":
+                answer.append({"role": "assistant", "content": _text(o.get("content")), "tool_calls": None})
+    return {"request": req, "response": resp, "transcript": transcript, "answer": answer}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text") or p.get("content") or "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)

@@ -1,0 +1,166 @@
+"""Dashboard panels: one org-scoped, parameterized query function per panel; pages and /api/v1 twins share them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dashboard.queries import Filters
+from pricing.prices import usd_from_nanos
+from storage.clickhouse import ClickHouse
+
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+# Grouping identifiers come only from here; user input picks a key, never a column.
+GROUP_BY = {"model": "model", "provider": "provider", "user": "user_id"}
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+
+    @property
+    def bucket(self) -> tuple[str, int]:
+        """(ClickHouse interval function, seconds) for time series over this window."""
+        span = (self.end - self.start).total_seconds()
+        if span <= 2 * 3600:
+            return "toStartOfMinute", 60
+        if span <= 2 * 86400:
+            return "toStartOfHour", 3600
+        return "toStartOfDay", 86400
+
+
+def window(range_key: str, now: datetime | None = None) -> Window:
+    now = now or datetime.now(UTC)
+    return Window(now - RANGES.get(range_key, RANGES["24h"]), now)
+
+
+def _usd(nanos: Any) -> str | None:
+    return None if nanos is None else usd_from_nanos(int(nanos))
+
+
+KPIS = """
+SELECT count() AS requests,
+       sum(cost_nanos) AS cost_sum,
+       countIf(cost_nanos IS NULL AND model != '') AS unpriced,
+       sum(prompt_tokens) AS prompt_sum, sum(completion_tokens) AS completion_sum,
+       round(avg(latency_ms), 1) AS latency_avg,
+       quantileExact(0.5)(latency_ms) AS latency_p50, quantileExact(0.95)(latency_ms) AS latency_p95,
+       countIf(status >= 400 OR status < 0) AS errors,
+       countIf(cache_hit) AS cache_hits, sum(cache_saved_nanos) AS saved_sum
+FROM request_events FINAL WHERE {where}
+"""
+
+
+def kpis(ch: ClickHouse, org_id: str, f: Filters) -> dict[str, Any]:
+    where, params = f.where(org_id)
+    (r,) = ch.query(KPIS.replace("{where}", where), params, name="overview_kpis")
+    n = int(r["requests"])
+    return {
+        "requests": n,
+        "cost_usd": _usd(r["cost_sum"] or 0),
+        "prompt_tokens": int(r["prompt_sum"]), "completion_tokens": int(r["completion_sum"]),
+        "latency_avg_ms": float(r["latency_avg"]) if n else None,
+        "latency_p50_ms": int(r["latency_p50"]) if n else None,
+        "latency_p95_ms": int(r["latency_p95"]) if n else None,
+        "errors": int(r["errors"]),
+        "error_rate": round(int(r["errors"]) / n, 4) if n else 0.0,
+        "unpriced": int(r["unpriced"]),
+        "cost_coverage": round(1 - int(r["unpriced"]) / n, 4) if n else 1.0,
+        "cache_hits": int(r["cache_hits"]),
+        "cache_saved_usd": _usd(r["saved_sum"] or 0),
+    }
+
+
+SERIES = """
+SELECT {bucket}(created_at) AS t, count() AS requests, sum(cost_nanos) AS cost_sum,
+       countIf(status >= 400 OR status < 0) AS errors,
+       quantileExact(0.5)(latency_ms) AS p50, quantileExact(0.95)(latency_ms) AS p95
+FROM request_events FINAL WHERE {where}
+GROUP BY t ORDER BY t
+"""
+
+
+def series(ch: ClickHouse, org_id: str, f: Filters, w: Window) -> list[dict[str, Any]]:
+    where, params = f.where(org_id)
+    fn, _ = w.bucket
+    rows = ch.query(SERIES.replace("{bucket}", fn).replace("{where}", where), params, name="overview_series")
+    return [{"t": r["t"].replace(" ", "T") + "Z", "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
+             "errors": int(r["errors"]), "latency_p50_ms": int(r["p50"]), "latency_p95_ms": int(r["p95"])} for r in rows]
+
+
+TOP = """
+SELECT {column} AS value, count() AS requests, sum(cost_nanos) AS cost_sum,
+       sum(prompt_tokens + completion_tokens) AS tokens
+FROM request_events FINAL WHERE {where} AND {column} != ''
+GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT {limit:UInt32}
+"""
+
+
+def top(ch: ClickHouse, org_id: str, f: Filters, by: str, limit: int = 10) -> list[dict[str, Any]]:
+    column = GROUP_BY[by]
+    where, params = f.where(org_id)
+    rows = ch.query(TOP.replace("{column}", column).replace("{where}", where), {**params, "limit": limit}, name=f"top_{by}")
+    return [{"value": r["value"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
+             "tokens": int(r["tokens"])} for r in rows]
+
+
+PROPERTY_KEYS = """
+SELECT arrayJoin(mapKeys(properties)) AS key, count() AS requests
+FROM request_events FINAL WHERE {where} GROUP BY key ORDER BY requests DESC, key LIMIT 200
+"""
+
+
+def property_keys(ch: ClickHouse, org_id: str, f: Filters) -> list[str]:
+    where, params = f.where(org_id)
+    return [r["key"] for r in ch.query(PROPERTY_KEYS.replace("{where}", where), params, name="property_keys")]
+
+
+PROPERTY_VALUES = """
+SELECT properties[{pkey:String}] AS value, count() AS requests, sum(cost_nanos) AS cost_sum,
+       sum(prompt_tokens + completion_tokens) AS tokens,
+       quantileExact(0.5)(latency_ms) AS p50, quantileExact(0.95)(latency_ms) AS p95,
+       countIf(status >= 400 OR status < 0) AS errors
+FROM request_events FINAL WHERE {where} AND mapContains(properties, {pkey:String})
+GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT 500
+"""
+
+
+def property_values(ch: ClickHouse, org_id: str, f: Filters, key: str) -> list[dict[str, Any]]:
+    where, params = f.where(org_id)
+    rows = ch.query(PROPERTY_VALUES.replace("{where}", where), {**params, "pkey": key}, name="property_values")
+    return [{"value": r["value"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
+             "tokens": int(r["tokens"]), "latency_p50_ms": int(r["p50"]), "latency_p95_ms": int(r["p95"]),
+             "error_rate": round(int(r["errors"]) / int(r["requests"]), 4)} for r in rows]
+
+
+PROPERTY_SERIES = """
+SELECT {bucket}(created_at) AS t, properties[{pkey:String}] AS value, sum(cost_nanos) AS cost_sum
+FROM request_events FINAL WHERE {where} AND mapContains(properties, {pkey:String})
+GROUP BY t, value ORDER BY t, value
+"""
+
+
+def property_series(ch: ClickHouse, org_id: str, f: Filters, key: str, w: Window) -> list[dict[str, Any]]:
+    where, params = f.where(org_id)
+    sql = PROPERTY_SERIES.replace("{bucket}", w.bucket[0]).replace("{where}", where)
+    return [{"t": r["t"].replace(" ", "T") + "Z", "value": r["value"], "cost_usd": _usd(r["cost_sum"] or 0)}
+            for r in ch.query(sql, {**params, "pkey": key}, name="property_series")]
+
+
+USERS = """
+SELECT user_id, count() AS requests, sum(cost_nanos) AS cost_sum,
+       sum(prompt_tokens + completion_tokens) AS tokens, countIf(status >= 400 OR status < 0) AS errors,
+       min(created_at) AS first_seen, max(created_at) AS last_seen
+FROM request_events FINAL WHERE {where} AND user_id != ''
+GROUP BY user_id ORDER BY cost_sum DESC NULLS LAST, requests DESC, user_id LIMIT {limit:UInt32}
+"""
+
+
+def users(ch: ClickHouse, org_id: str, f: Filters, limit: int = 500) -> list[dict[str, Any]]:
+    where, params = f.where(org_id)
+    return [{"user_id": r["user_id"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
+             "tokens": int(r["tokens"]), "error_rate": round(int(r["errors"]) / int(r["requests"]), 4),
+             "first_seen": r["first_seen"].replace(" ", "T") + "Z", "last_seen": r["last_seen"].replace(" ", "T") + "Z"}
+            for r in ch.query(USERS.replace("{where}", where), {**params, "limit": limit}, name="users")]

@@ -30,6 +30,22 @@ env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select
 env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2).decode()
 
 
+def money(usd: str | None) -> str:
+    """For reading: cents above a dollar, four significant digits below; the exact value goes in a title."""
+    if usd is None:
+        return "unknown"
+    from decimal import Decimal
+
+    d = Decimal(usd)
+    if d >= 1 or d == 0:
+        return f"${d:,.2f}"
+    rounded = Decimal(f"{d:.4g}")  # four significant digits, then plain notation: $0.01808, $0.00001808
+    return "$" + format(rounded, "f").rstrip("0").rstrip(".")
+
+
+env.filters["money"] = money
+
+
 def _htmx_version() -> str:
     return next(HERE.joinpath("static").glob("htmx-*.min.js")).name
 

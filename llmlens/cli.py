@@ -135,6 +135,35 @@ def cmd_pricing_reprice(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dashboard.demo import fill
+    from llmlens.app import open_services
+
+    settings = _settings(args)
+    try:
+        services = open_services(settings)
+    except Exception as exc:
+        print(f"llmlens: cannot open the stores ({str(exc)[:200]}); with embedded chDB, stop `llmlens serve` first",
+              file=sys.stderr)
+        return 1
+    services.control.ensure_org(args.org)
+
+    async def run() -> int:
+        services.writer.start()
+        try:
+            return await fill(services.writer, services.prices, args.org, args.events,
+                              lambda done: print(f"\rdemo: {done}/{args.events} events", end="", file=sys.stderr, flush=True))
+        finally:
+            await services.writer.close()
+
+    n = asyncio.run(run())
+    print(file=sys.stderr)
+    print(f"added {n} synthetic events over the last 30 days to org {args.org}; start `llmlens serve` and open the dashboard")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmlens", description="Self-hosted observability for LLM traffic.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -143,6 +172,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default LLMLENS_HOST or 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default LLMLENS_PORT or 8787)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("demo", help="fill the store with a month of realistic synthetic traffic")
+    s.add_argument("--events", type=int, default=100_000, help="how many events (default 100000)")
+    s.add_argument("--org", default="default", help="the org to fill (default: default)")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("migrate", help="apply pending ClickHouse and PostgreSQL migrations")
     s.set_defaults(func=cmd_migrate)

@@ -13,7 +13,7 @@ import pytest
 from llmlens.app import Services
 from storage.controlplane import KeyCache
 
-COMMANDS = [[], ["serve"], ["migrate"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
+COMMANDS = [[], ["serve"], ["demo"], ["migrate"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
             ["users"], ["users", "create"], ["pricing"], ["pricing", "show"], ["pricing", "reprice"]]
 
 
@@ -96,3 +96,12 @@ def test_pricing_show(tmp_path: Path) -> None:
     assert r.stdout.strip().splitlines()[-1] == f"source:       override {prices}"
     r = run(["pricing", "show", "no-such-model"], {})
     assert (r.returncode, r.stderr.strip()) == (1, "llmlens: no price known for model 'no-such-model'; add it to LLMLENS_PRICES_FILE")
+
+
+def test_demo_fills_the_store_through_the_write_path(tmp_path: Path) -> None:
+    env = {"LLMLENS_DATA_DIR": str(tmp_path / "d")}
+    r = run(["demo", "--events", "3000"], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ("added 3000 synthetic events over the last 30 days to org default; "
+                                "start `llmlens serve` and open the dashboard")
+    assert list((tmp_path / "d" / "spool").glob("seg-*")) == []  # everything reached ClickHouse

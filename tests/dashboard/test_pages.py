@@ -101,7 +101,7 @@ def test_overview_kpis_match_the_seed(seeded: tuple[str, str]) -> None:
     client = login(server)
     html = client.get("/?range=1h").text
     assert re.search(r'id="kpi-requests">4<', html)
-    assert re.search(r'id="kpi-cost">\$0.013000000<', html)
+    assert re.search(r'id="kpi-cost" title="\$0.013000000">\$0.013<', html)
     assert re.search(r'id="kpi-errors">25.00%<', html)
     assert re.search(r'id="kpi-coverage">75.0%<', html)
     api = httpx.get(f"{server}/api/v1/overview?range=1h", headers={"Authorization": f"Bearer {key}"}).json()

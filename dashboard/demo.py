@@ -1,0 +1,91 @@
+"""`llmlens demo`: a month of realistic synthetic traffic through the real write path, so a newcomer sees data."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from ingest.costing import price
+from ingest.event import RequestEvent
+from ingest.writer import Writer
+from pricing.prices import PriceBook
+
+MODELS = [  # (provider, model, path, share, input tokens range, output tokens range, p50 latency ms)
+    ("openai", "gpt-4o-mini", "/v1/chat/completions", 40, (200, 3000), (20, 600), 700),
+    ("openai", "gpt-4o", "/v1/chat/completions", 15, (500, 8000), (50, 1200), 1600),
+    ("openai", "text-embedding-3-small", "/v1/embeddings", 15, (20, 2000), (0, 0), 120),
+    ("anthropic", "claude-sonnet-4-6", "/v1/messages", 15, (800, 20000), (100, 2000), 2400),
+    ("anthropic", "claude-haiku-4-5", "/v1/messages", 10, (200, 4000), (20, 500), 600),
+    ("google", "gemini-2.0-flash", "/v1beta/models/gemini-2.0-flash:generateContent", 4, (200, 6000), (20, 800), 800),
+    ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "/v1/chat/completions", 1, (200, 3000), (20, 600), 900),
+]
+TEAMS = ["search", "support", "growth", "research"]
+ENVS = ["prod", "prod", "prod", "staging"]
+FEATURES = ["summarize", "chat", "classify", "extract", "draft-email"]
+SESSIONS = ["Research agent", "Support bot", "Onboarding flow"]
+STEPS = ["/plan", "/plan/search", "/plan/search/fetch", "/answer", "/answer/review"]
+
+
+def synthetic(n: int, org_id: str, *, days: int = 30, seed: int = 42, now: datetime | None = None) -> list[RequestEvent]:
+    rnd = random.Random(seed)
+    now = now or datetime.now(UTC)
+    weights = [m[3] for m in MODELS]
+    users = [f"user-{i:03d}" for i in range(120)]
+    events = []
+    for i in range(n):
+        provider, model, path, _, (in_lo, in_hi), (out_lo, out_hi), p50 = rnd.choices(MODELS, weights)[0]
+        # more traffic on weekdays and working hours, a growing trend over the month
+        age = timedelta(days=days * (1 - rnd.random() ** 0.8))
+        created = now - age
+        if created.weekday() >= 5 and rnd.random() < 0.5 and age < timedelta(days=days - 2):
+            created -= timedelta(days=2)  # quieter weekends
+        prompt = rnd.randint(in_lo, in_hi)
+        completion = rnd.randint(out_lo, out_hi) if out_hi else 0
+        cache_read = prompt // 2 if provider == "anthropic" and rnd.random() < 0.4 else 0
+        r = rnd.random()
+        status = 200 if r > 0.03 else rnd.choice([429, 500, 503, 400])
+        stream = path != "/v1/embeddings" and rnd.random() < 0.35
+        latency = int(rnd.lognormvariate(0, 0.5) * p50)
+        session = rnd.random() < 0.3
+        ev = RequestEvent(
+            org_id=org_id, request_id=f"demo-{seed}-{i:07d}", created_at=created, source=rnd.choice(["proxy", "proxy", "async", "otlp"]),
+            provider=provider, model=model, path=path, status=status, latency_ms=latency,
+            ttft_ms=int(latency * rnd.uniform(0.1, 0.4)) if stream else None,
+            prompt_tokens=prompt, completion_tokens=completion if status == 200 else 0, cache_read_tokens=cache_read,
+            user_id=rnd.choice(users), stream=stream,
+            properties={"team": rnd.choice(TEAMS), "env": rnd.choice(ENVS), "feature": rnd.choice(FEATURES)},
+            error="" if status == 200 else orjson.dumps({"error": {"message": f"upstream returned {status}"}}).decode(),
+        )
+        if session:
+            ev.session_id = f"sess-{rnd.randint(1, n // 8 + 1)}"
+            ev.session_name = rnd.choice(SESSIONS)
+            ev.session_path = rnd.choice(STEPS)
+        if rnd.random() < 0.2:
+            ev.prompt_id, ev.prompt_version = "support-answer", rnd.choice(["1", "2", "3"])
+        ev.request_body = orjson.dumps({"model": model, "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"Please {rnd.choice(FEATURES)} this for the {rnd.choice(TEAMS)} team."}]}).decode()
+        ev.response_body = orjson.dumps({"model": model, "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": "Here is a concise answer for you."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}).decode() if status == 200 else ev.error
+        events.append(ev)
+    return events
+
+
+async def fill(writer: Writer, prices: PriceBook, org_id: str, n: int, progress: Callable[[int], None] | None = None) -> int:
+    """Generate and submit `n` events in chunks through the writer (durable, priced like real traffic)."""
+    done = 0
+    for start in range(0, n, 5000):
+        chunk = synthetic(min(5000, n - start), org_id, seed=start)
+        for ev in chunk:
+            price(prices, ev)
+        await writer.submit(chunk, source="demo")
+        done += len(chunk)
+        if progress:
+            progress(done)
+        await asyncio.sleep(0)
+    return done

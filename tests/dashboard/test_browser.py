@@ -1,0 +1,107 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium. Screenshots go to screenshots/."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dashboard.demo import fill
+from llmlens.app import Services
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "screenshots"
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def populated(server: str, api_key: str, services: Services) -> tuple[str, str]:
+    async def go() -> None:
+        await fill(services.writer, services.prices, "default", 3000)
+
+    asyncio.run_coroutine_threadsafe(go(), _loop_of(services)).result(60)
+    deadline = time.monotonic() + 20
+    while services.ch.query("SELECT count() AS n FROM request_events FINAL") != [{"n": 3000}]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    services.control.create_user("ada@example.com", "correct horse battery")
+    return server, api_key
+
+
+def _loop_of(services: Services) -> Any:
+    task = services.writer._task  # the server's event loop runs the writer
+    assert task is not None
+    return task.get_loop()
+
+
+def test_dashboard_in_chromium(populated: tuple[str, str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    server, key = populated
+    auth = {"Authorization": f"Bearer {key}"}
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+        page.goto(f"{server}/")
+        assert page.url.startswith(f"{server}/login")
+        page.screenshot(path=str(SHOTS / "login.png"))
+        page.fill("input[name=email]", "ada@example.com")
+        page.fill("input[name=password]", "correct horse battery")
+        page.click("button:has-text('Sign in')")
+        page.wait_for_selector("#kpi-requests")
+
+        page.select_option("select[name=range]", "30d")
+        page.wait_for_function("document.querySelector('#kpi-requests').textContent === '3,000'")
+        api = httpx.get(f"{server}/api/v1/overview?range=30d", headers=auth).json()["kpis"]
+        assert page.get_attribute("#kpi-cost", "title") == f"${api['cost_usd']}"
+        assert "range=30d" in page.url  # the view is in the URL
+        page.wait_for_selector("div.chart .main-svg")  # Plotly drew the charts
+        page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+
+        page.fill("input[name=property]", "team=search")
+        page.press("input[name=property]", "Enter")
+        search = httpx.get(f"{server}/api/v1/overview?range=30d&property=team%3Dsearch", headers=auth).json()["kpis"]
+        page.wait_for_function(f"document.querySelector('#kpi-requests').textContent === '{search['requests']:,}'")
+        assert page.get_attribute("#kpi-cost", "title") == f"${search['cost_usd']}"
+        page.go_back()
+        page.wait_for_function("document.querySelector('#kpi-requests').textContent === '3,000'")
+
+        page.goto(f"{server}/requests?range=30d")
+        page.screenshot(path=str(SHOTS / "requests.png"), full_page=True)
+        page.click("table.requests tbody tr:first-child a")
+        page.wait_for_selector("section.transcript")
+        assert "You are a helpful assistant." in page.text_content("section.transcript")
+        page.screenshot(path=str(SHOTS / "request.png"), full_page=True)
+
+        page.goto(f"{server}/requests?range=30d&model=gpt-4o")
+        with page.expect_download() as dl:
+            page.click("a:has-text('Export CSV')")
+        exported = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+        expected, cursor = [], None
+        while True:
+            body = httpx.get(f"{server}/api/v1/requests", headers=auth,
+                             params={"model": "gpt-4o", "limit": "1000", "start": "2000-01-01T00:00:00Z",
+                                     **({"cursor": cursor} if cursor else {})}).json()
+            expected += body["data"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert [(r["request_id"], r["cost_usd"]) for r in exported] == [(e["request_id"], e["cost_usd"] or "") for e in expected]
+
+        for name in ("properties", "users", "settings"):
+            page.goto(f"{server}/{name}?range=30d" if name != "settings" else f"{server}/settings")
+            page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        page.set_viewport_size({"width": 420, "height": 900})
+        page.goto(f"{server}/?range=30d")
+        page.screenshot(path=str(SHOTS / "overview-narrow.png"), full_page=True)
+        browser.close()

@@ -127,9 +127,9 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
             resp.status_code = 401
             return resp
         dest = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/"
-        resp = RedirectResponse(dest, status_code=303)
-        resp.set_cookie(COOKIE, sessions.issue(user), httponly=True, samesite="lax", max_age=14 * 24 * 3600)
-        return resp
+        redirect = RedirectResponse(dest, status_code=303)
+        redirect.set_cookie(COOKIE, sessions.issue(user), httponly=True, samesite="lax", max_age=14 * 24 * 3600)
+        return redirect
 
     async def logout(request: Request, user: WebUser) -> Response:
         resp = RedirectResponse("/login", status_code=303)
@@ -232,7 +232,8 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         f, state = view_filters(request)
         keys_ = await q(panels.property_keys, ch, user.org_id, f)
         key = request.query_params.get("key") or (keys_[0] if keys_ else None)
-        values, points = ([], [])
+        values: list[dict[str, Any]] = []
+        points: list[dict[str, Any]] = []
         if key:
             values, points = await asyncio.gather(q(panels.property_values, ch, user.org_id, f, key),
                                                   q(panels.property_series, ch, user.org_id, f, key, state["window"]))

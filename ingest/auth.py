@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from ingest.errors import Unauthorized
 from storage.controlplane import KeyCache, Principal
@@ -27,12 +28,12 @@ async def resolve(keys: KeyCache, token: str) -> Principal:
     return principal
 
 
-async def authenticate(keys: KeyCache, headers: dict[str, str] | object, *, allow_authorization: bool = True) -> Principal:
-    """The principal behind a request's key. `headers` is any mapping with lower-case `get`.
+async def authenticate(keys: KeyCache, headers: Mapping[str, str], *, allow_authorization: bool = True) -> Principal:
+    """The principal behind a request's key (`headers` looked up by lower-case name).
 
     On proxy routes `Authorization` carries the provider's key, so only `Helicone-Auth` counts there.
     """
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     value = get("helicone-auth")
     header = "Helicone-Auth"
     if not value and allow_authorization:

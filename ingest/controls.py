@@ -9,7 +9,8 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ingest import cache, limits, retry
+from ingest import cache, limits
+from ingest import retry as retries
 from ingest.headers import HeliconeMeta
 from storage.controlplane import Principal
 
@@ -20,8 +21,8 @@ class Plan:
     cache_key: str = ""
     cache_bucket: int = 0
     hit: cache.Entry | None = None
-    retry: retry.RetryPolicy | None = None
-    fallbacks: list[retry.Fallback] | None = None
+    retry: retries.RetryPolicy | None = None
+    fallbacks: list[retries.Fallback] | None = None
     verdict: limits.Verdict | None = None
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -42,8 +43,8 @@ class Gateway:
         """Parse the controls (400 on bad ones), enforce limits (429) and look the response up in the cache."""
         plan = Plan(
             cache_policy=cache.policy(meta.controls, next((v for n, v in headers if n == "cache-control"), None)),
-            retry=retry.retry_policy(meta.controls),
-            fallbacks=retry.fallbacks(meta.controls),
+            retry=retries.retry_policy(meta.controls),
+            fallbacks=retries.fallbacks(meta.controls),
         )
         header_policy = meta.controls.get("helicone-ratelimit-policy")
         parsed = limits.parse_policy(header_policy) if header_policy is not None else None

@@ -221,7 +221,7 @@ class Limits:
         row = self.pg.fetchone("SELECT tokens, updated_at FROM rate_buckets WHERE key = %s", (key,))
         if row is None:
             return quota
-        return min(quota, row["tokens"] + max(now - row["updated_at"], 0) * rate)
+        return min(quota, float(row["tokens"]) + max(now - float(row["updated_at"]), 0.0) * rate)
 
     # --- saved rules (API) ---------------------------------------------------------------------------
     def add_policy(self, org_id: str, name: str, text: str, api_key_id: str | None) -> dict[str, Any]:

@@ -125,6 +125,12 @@ def _json_id(value: Any) -> str:
             return ""
 
 
+def _status_code(code: Any) -> int:
+    if isinstance(code, str):  # some JSON exporters send the enum name
+        return {"STATUS_CODE_ERROR": 2, "STATUS_CODE_OK": 1}.get(code, 0)
+    return int(code)
+
+
 def decode_json(data: bytes) -> list[Span]:
     try:
         doc = orjson.loads(data)
@@ -139,14 +145,13 @@ def decode_json(data: bytes) -> list[Span]:
             for ss in rs.get("scopeSpans", rs.get("instrumentationLibrarySpans", [])):
                 for s in ss.get("spans", []):
                     status = s.get("status") or {}
-                    code = status.get("code", 0)
+                    code: Any = status.get("code", 0)
                     spans.append(Span(
                         trace_id=_json_id(s.get("traceId")), span_id=_json_id(s.get("spanId")),
                         parent_id=_json_id(s.get("parentSpanId")), name=str(s.get("name", "")),
                         start_ns=int(s.get("startTimeUnixNano", 0)), end_ns=int(s.get("endTimeUnixNano", 0)),
                         attrs={a["key"]: _json_value(a.get("value")) for a in s.get("attributes", [])},
-                        status_code={"STATUS_CODE_ERROR": 2, "STATUS_CODE_OK": 1}.get(code, code)
-                        if isinstance(code, str) else int(code),
+                        status_code=_status_code(code),
                         status_message=str(status.get("message", "")), resource=resource,
                     ))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

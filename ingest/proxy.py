@@ -405,7 +405,7 @@ class Proxy:
             ok = (upstream is not None and 200 <= ctx.status < 300 and not ctx.error and not ctx.cancelled
                   and not ctx.response.truncated and not ctx.cache_hit)
             if pol is not None and pol.save and ok and upstream is not None:
-                headers = cache.stored_headers(upstream.headers.raw, _DROP_RESPONSE | {"content-encoding"})
+                headers = cache.stored_headers(upstream.headers.raw, set(_DROP_RESPONSE) | {"content-encoding"})
                 await asyncio.to_thread(
                     self.gateway.cache.store, plan.cache_key, plan.cache_bucket, org_id=ctx.principal.org_id,
                     status=ctx.status, headers=headers, body=b"".join(ctx.response.head), stream=ctx.stream,

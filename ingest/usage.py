@@ -65,7 +65,7 @@ def from_json(body: Any) -> Extracted:
     """Usage and model of a parsed (non-streamed) response; junk gives an empty Extracted, never an error."""
     if not isinstance(body, dict):
         return Extracted()
-    model = body.get("model") if isinstance(body.get("model"), str) else ""
+    model = _str(body.get("model"))
     if isinstance(body.get("response"), dict) and "usage" not in body:  # a Responses API event wrapper
         return from_json(body["response"])
     for key in ("usage", "usageMetadata"):

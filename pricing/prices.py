@@ -124,7 +124,8 @@ def load_overrides(path: Path) -> list[Override]:
         values = {k: _decimal(entry[k], f"{where}: {k}") if k in entry else None for k in _PRICE_KEYS}
         out.append(Override(
             provider=provider.lower() if provider else None, model=model.strip().lower(), pattern="*" in model,
-            price=Price(provider=provider or "", model=model.strip(), source=f"override {path}", **values),
+            price=Price(provider or "", model.strip(), values["input_per_mtok"], values["output_per_mtok"],
+                        values["cache_read_per_mtok"], values["cache_write_per_mtok"], f"override {path}"),
         ))
     # Exact names before patterns; otherwise file order.
     return sorted(out, key=lambda o: o.pattern)

@@ -80,7 +80,7 @@ class ChdbBackend(_Observed):
             if ChdbBackend._path not in (None, str(path)):
                 raise RuntimeError(f"chDB is already open at {ChdbBackend._path}; one data path per process")
             ChdbBackend._path = str(path)
-            self._conn = chdb.connect(str(path))
+            self._conn = chdb.connect(str(path))  # type: ignore[no-untyped-call]
         self.database = database
         self._lock = threading.Lock()
         self._raw(f"CREATE DATABASE IF NOT EXISTS `{database}`")

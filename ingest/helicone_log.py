@@ -18,7 +18,7 @@ from ingest.auth import EXPECTED, bearer, resolve
 from ingest.costing import price
 from ingest.errors import IngestError, Unauthorized
 from ingest.event import EventError, RequestEvent, parse_timestamp, truncate_body
-from ingest.log_api import read_body, submit_durably
+from ingest.http import read_body, submit_durably
 from ingest.writer import Writer
 from pricing.prices import PriceBook, nanos_from_usd
 from storage.controlplane import KeyCache, Principal
@@ -172,6 +172,15 @@ def build_event(
         response_body=response_text,
         body_truncated=cut1 or cut2,
     )
+
+
+def provider_of_url(url: str) -> str:
+    """The provider a providerRequest.url points at, for logs that arrive without a route saying it."""
+    for host, provider in (("openai.azure.com", "azure"), ("api.openai.com", "openai"), ("anthropic.com", "anthropic"),
+                           ("googleapis.com", "google")):
+        if host in url:
+            return provider
+    return ""
 
 
 def urlpath(url: str) -> str:

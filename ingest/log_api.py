@@ -10,46 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ingest import helicone_log
 from ingest.auth import authenticate
 from ingest.costing import price
-from ingest.errors import IngestError, PayloadTooLarge, SpoolFullError
+from ingest.errors import IngestError, PayloadTooLarge
 from ingest.event import EventError, RequestEvent, event_from_api
-from ingest.spool import SpoolFull
+from ingest.http import read_body, submit_durably
 from ingest.writer import Writer
 from pricing.prices import PriceBook, nanos_from_usd
-from storage.controlplane import KeyCache
+from storage.controlplane import KeyCache, Principal
 
 MAX_EVENTS = 10_000
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        body = gunzip(body, limit)
-    return body
-
-
-def gunzip(body: bytes, limit: int) -> bytes:
-    import zlib
-
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error:
-        raise IngestError("the body is not valid gzip") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"the decompressed body is over the limit of {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
-    return out
 
 
 def parse_items(body: bytes) -> list[Any]:
@@ -69,24 +40,20 @@ def parse_items(body: bytes) -> list[Any]:
     return items
 
 
-async def submit_durably(writer: Writer, events: list[RequestEvent], source: str) -> None:
-    try:
-        await writer.submit(events, source=source)
-    except SpoolFull:
-        raise SpoolFullError() from None
-
-
-def routes(*, keys: KeyCache, writer: Writer, prices: PriceBook, max_bytes: int) -> list[Route]:
-    async def post_logs(request: Request) -> JSONResponse:
-        principal = await authenticate(keys, request.headers)
-        items = parse_items(await read_body(request, max_bytes))
-        if len(items) > MAX_EVENTS:
-            raise PayloadTooLarge(f"{len(items)} events in one request; the limit is {MAX_EVENTS}")
-        now = datetime.now(UTC)
-        events: list[RequestEvent] = []
-        errors: list[dict[str, Any]] = []
-        for index, item in enumerate(items):
-            try:
+def events_from_items(
+    items: list[Any], *, principal: Principal, prices: PriceBook, max_body: int, now: datetime
+) -> tuple[list[RequestEvent], list[dict[str, Any]]]:
+    """Events from items in llmlens's own format or Helicone's async-log format; errors by index."""
+    events: list[RequestEvent] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, dict) and "providerRequest" in item:
+                url = item["providerRequest"].get("url", "") if isinstance(item["providerRequest"], dict) else ""
+                ev = helicone_log.build_event(
+                    item, route_provider=helicone_log.provider_of_url(url if isinstance(url, str) else ""),
+                    http_headers=[], principal=principal, raw=orjson.dumps(item), max_body=max_body, now=now)
+            else:
                 cost = None
                 if isinstance(item, dict) and item.get("cost_usd") is not None:
                     try:
@@ -94,10 +61,21 @@ def routes(*, keys: KeyCache, writer: Writer, prices: PriceBook, max_bytes: int)
                     except (ValueError, TypeError, ArithmeticError):
                         raise EventError(f"cost_usd {item['cost_usd']!r} is not a non-negative decimal") from None
                 ev = event_from_api(item, org_id=principal.org_id, api_key_id=principal.key_id, now=now, cost_nanos=cost)
-                price(prices, ev)
-                events.append(ev)
-            except EventError as exc:
-                errors.append({"index": index, "error": str(exc)})
+            price(prices, ev)
+            events.append(ev)
+        except (EventError, IngestError) as exc:
+            errors.append({"index": index, "error": str(exc)})
+    return events, errors
+
+
+def routes(*, keys: KeyCache, writer: Writer, prices: PriceBook, max_bytes: int, max_body_bytes: int) -> list[Route]:
+    async def post_logs(request: Request) -> JSONResponse:
+        principal = await authenticate(keys, request.headers)
+        items = parse_items(await read_body(request, max_bytes))
+        if len(items) > MAX_EVENTS:
+            raise PayloadTooLarge(f"{len(items)} events in one request; the limit is {MAX_EVENTS}")
+        events, errors = events_from_items(items, principal=principal, prices=prices, max_body=max_body_bytes,
+                                           now=datetime.now(UTC))
         if not events:
             raise IngestError("no valid events in the body", extra={"errors": errors})
         await submit_durably(writer, events, "api")

@@ -25,7 +25,7 @@ from ingest.auth import authenticate
 from ingest.costing import price
 from ingest.errors import IngestError
 from ingest.event import RequestEvent, truncate_body
-from ingest.log_api import read_body, submit_durably
+from ingest.http import read_body, submit_durably
 from ingest.writer import Writer
 from pricing.prices import PriceBook
 from storage.controlplane import KeyCache, Principal

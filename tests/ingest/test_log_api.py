@@ -73,3 +73,28 @@ def test_full_spool_answers_503_with_retry_after(server: str, api_key: str, serv
     assert (r.status_code, r.headers["retry-after"], r.json()) == (
         503, "5", {"error": "llmlens cannot accept events right now: its spool is full; retry later"})
     assert services.ch.query("SELECT count() AS n FROM request_events") == [{"n": 0}]
+
+
+def test_batch_accepts_helicone_async_log_bodies(server: str, api_key: str, services: Services) -> None:
+    helicone = {
+        "providerRequest": {"url": "https://api.openai.com/v1", "json": {"model": "gpt-4o-mini", "messages": []},
+                            "meta": {"Helicone-User-Id": "shipper", "Helicone-Property-Origin": "helicone-export"}},
+        "providerResponse": {"status": 200, "headers": {}, "json": {
+            "model": "gpt-4o-mini", "usage": {"prompt_tokens": 100, "completion_tokens": 10}}},
+        "timing": {"startTime": "2026-11-20T08:00:00Z", "endTime": "2026-11-20T08:00:01Z"},
+    }
+    r = post(server, api_key, orjson.dumps([helicone, {"request_id": "own-1"}, {"providerRequest": "x"}]))
+    assert (r.status_code, r.json()) == (202, {"accepted": 2, "errors": [
+        {"index": 2, "error": "providerRequest must be an object"}]})
+    deadline = time.monotonic() + 10
+    while len(services.ch.query("SELECT 1 FROM request_events FINAL")) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rows = services.ch.query("SELECT provider, model, user_id, properties, prompt_tokens, latency_ms, cost_source"
+                             " FROM request_events FINAL ORDER BY user_id DESC")
+    assert rows == [
+        {"provider": "openai", "model": "gpt-4o-mini", "user_id": "shipper", "properties": {"origin": "helicone-export"},
+         "prompt_tokens": 100, "latency_ms": 1000, "cost_source": "registry"},
+        {"provider": "", "model": "", "user_id": "", "properties": {}, "prompt_tokens": 0, "latency_ms": 0,
+         "cost_source": ""},
+    ]

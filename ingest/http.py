@@ -1,0 +1,47 @@
+"""Request bodies in, durable acknowledgements out: shared by every ingest endpoint."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from ingest.errors import IngestError, PayloadTooLarge, SpoolFullError
+from ingest.event import RequestEvent
+from ingest.spool import SpoolFull
+from ingest.writer import Writer
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        body = gunzip(body, limit)
+    return body
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    import zlib
+
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error:
+        raise IngestError("the body is not valid gzip") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the decompressed body is over the limit of {limit} bytes (LLMLENS_MAX_LOG_BYTES)")
+    return out
+
+
+async def submit_durably(writer: Writer, events: list[RequestEvent], source: str) -> None:
+    try:
+        await writer.submit(events, source=source)
+    except SpoolFull:
+        raise SpoolFullError() from None

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from llmlens.settings import Settings, SettingsError
 
@@ -164,6 +165,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ingest.bulk_import import import_file
+    from llmlens.app import open_services
+    from storage.controlplane import Principal
+
+    settings = _settings(args)
+    missing = [p for p in args.files if not Path(p).is_file()]
+    if missing:
+        print(f"llmlens: no such file: {missing[0]}", file=sys.stderr)
+        return 2
+    try:
+        services = open_services(settings)
+    except Exception as exc:
+        print(f"llmlens: cannot open the stores ({str(exc)[:200]}); with embedded chDB, stop `llmlens serve` first",
+              file=sys.stderr)
+        return 1
+    services.control.ensure_org(args.org)
+    principal = Principal(org_id=args.org, key_id="import")
+    status = 0
+
+    async def run() -> None:
+        nonlocal status
+        services.writer.start()
+        try:
+            for name in args.files:
+                path = Path(name)
+
+                def progress(done: int, total: int, path: Path = path) -> None:
+                    bar = "#" * (30 * done // max(total, 1))
+                    print(f"\r{path.name} [{bar:<30}] {done * 100 // max(total, 1)}%", end="", file=sys.stderr, flush=True)
+
+                result = await import_file(path, writer=services.writer, prices=services.prices, principal=principal,
+                                           state_dir=settings.data_dir / "imports", max_body=settings.max_body_bytes,
+                                           progress=progress, restart=args.restart)
+                print(file=sys.stderr)
+                resumed = f" (resumed at byte {result.skipped_bytes})" if result.skipped_bytes else ""
+                print(f"{path}: imported {result.imported} events{resumed}, {result.error_count} rejected")
+                for line in result.errors:
+                    print(f"  {line}", file=sys.stderr)
+                if result.error_count:
+                    status = 1
+        finally:
+            await services.writer.close()
+
+    asyncio.run(run())
+    return status
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmlens", description="Self-hosted observability for LLM traffic.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,6 +228,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--events", type=int, default=100_000, help="how many events (default 100000)")
     s.add_argument("--org", default="default", help="the org to fill (default: default)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("import", help="backfill history from JSONL files (Helicone async-log bodies or llmlens exports)")
+    s.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines files, one event or async-log body per line")
+    s.add_argument("--org", default="default", help="the org the events belong to (default: default)")
+    s.add_argument("--restart", action="store_true", help="start from the top instead of where a previous run stopped")
+    s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("migrate", help="apply pending ClickHouse and PostgreSQL migrations")
     s.set_defaults(func=cmd_migrate)

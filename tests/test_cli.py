@@ -13,7 +13,7 @@ import pytest
 from llmlens.app import Services
 from storage.controlplane import KeyCache
 
-COMMANDS = [[], ["serve"], ["demo"], ["migrate"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
+COMMANDS = [[], ["serve"], ["demo"], ["import"], ["migrate"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"],
             ["users"], ["users", "create"], ["pricing"], ["pricing", "show"], ["pricing", "reprice"]]
 
 

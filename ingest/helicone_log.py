@@ -198,7 +198,8 @@ def routes(*, keys: KeyCache, writer: Writer, prices: PriceBook, max_bytes: int,
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise IngestError(f"the body is not valid JSON: {exc}") from None
-            meta = body.get("providerRequest", {}).get("meta", {}) if isinstance(body, dict) else {}
+            req = body.get("providerRequest") if isinstance(body, dict) else None
+            meta = req.get("meta") if isinstance(req, dict) else None
             principal = await resolve(keys, _auth_token(request, meta if isinstance(meta, dict) else {}))
             pairs = [(k, v) for k, v in request.headers.items() if k.startswith("helicone-")]
             ev = build_event(body, route_provider=route_provider, http_headers=pairs, principal=principal, raw=raw,

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -21,6 +22,7 @@ from dashboard.web_auth import COOKIE, Sessions, WebUser
 from ingest import usage
 from ingest.auth import authenticate
 from ingest.errors import IngestError, NotFound
+from pricing.prices import PriceBook
 from storage.clickhouse import ClickHouse
 from storage.controlplane import ControlPlane, ControlPlaneError, KeyCache
 
@@ -77,7 +79,22 @@ def view_filters(request: Request) -> tuple[queries.Filters, dict[str, Any]]:
     return f, {"window": w, **state}
 
 
-def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str) -> list[Route]:
+def breakdown(prices: PriceBook, item: dict[str, Any]) -> list[tuple[str, int, str]] | None:
+    """Cost by token type (label, tokens, USD) from the price llmlens uses for the model; None without a price."""
+    price = prices.lookup(item["provider"], item["model"]) if item.get("model") else None
+    if price is None or item.get("cost_usd") is None:
+        return None
+    read, write = item["cache_read_tokens"], item["cache_write_tokens"]
+    uncached = max(item["prompt_tokens"] - read - write, 0)
+    inp = price.input_per_mtok or Decimal(0)
+    parts = [("input", uncached, inp), ("cache read", read, price.cache_read_per_mtok if price.cache_read_per_mtok is not None else inp),
+             ("cache write", write, price.cache_write_per_mtok if price.cache_write_per_mtok is not None else inp),
+             ("output", item["completion_tokens"], price.output_per_mtok or Decimal(0))]
+    return [(label, n, format((Decimal(n) * rate / 10**6).normalize(), "f")) for label, n, rate in parts if n]
+
+
+def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str,
+           prices: PriceBook) -> list[Route]:
     def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
         template = env.get_template(name)
         return HTMLResponse(template.render(request=request, user=user, htmx=_htmx_version(), base_url=base_url, **ctx))
@@ -195,7 +212,8 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         item = await q(queries.get_request, ch, user.org_id, request.path_params["request_id"])
         if item is None:
             raise NotFound("no such request in this org")
-        return render("request.html", request, user, item=item, view=readable(item), active="requests")
+        return render("request.html", request, user, item=item, view=readable(item), costs=breakdown(prices, item),
+                      active="requests")
 
     async def export(request: Request, user: WebUser) -> Response:
         f, _ = view_filters(request)

@@ -141,6 +141,8 @@ def test_request_detail_renders_bodies_inert_and_org_b_gets_404(seeded: tuple[st
     server, _ = seeded
     client = login(server)
     html = client.get("/requests/p3").text
+    # claude-haiku-4-5 at $1 in / $5 out per million: 200 in, 50 out
+    assert re.search(r'id="cost-breakdown"><span class="chip">input: 200 tokens, \$0.0002</span><span class="chip">output: 50 tokens, \$0.00025</span>', html)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
     services.control.create_user("bob@b.example", PASSWORD, org_id="org-b")

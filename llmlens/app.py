@@ -181,8 +181,8 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services.writer.start()
         await proxy.start()
-        touch = asyncio.create_task(_touch_keys(services.keys))
-        evict = asyncio.create_task(_evict_cache(gateway.cache))
+        touch = asyncio.create_task(_every(30, services.keys.flush_last_used, "record API key last-used times"))
+        evict = asyncio.create_task(_every(60, gateway.cache.evict, "evict expired cache entries"))
         try:
             yield
         finally:
@@ -229,19 +229,11 @@ class Dispatch:
             await self.app(scope, receive, send)
 
 
-async def _evict_cache(response_cache: ResponseCache) -> None:
+async def _every(seconds: float, job: Callable[[], object], what: str) -> None:
+    """Run a blocking housekeeping job in a worker thread every `seconds`, logging (not raising) failures."""
     while True:
-        await asyncio.sleep(60)
+        await asyncio.sleep(seconds)
         try:
-            await asyncio.to_thread(response_cache.evict)
+            await asyncio.to_thread(job)
         except Exception:
-            log.warning("could not evict expired cache entries", exc_info=True)
-
-
-async def _touch_keys(keys: KeyCache) -> None:
-    while True:
-        await asyncio.sleep(30)
-        try:
-            await asyncio.to_thread(keys.flush_last_used)
-        except Exception:
-            log.warning("could not record API key last-used times", exc_info=True)
+            log.warning("could not %s", what, exc_info=True)

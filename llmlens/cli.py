@@ -136,20 +136,29 @@ def cmd_pricing_reprice(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from dashboard.demo import fill
+def _open_for_writing(settings: Settings, org: str):  # type: ignore[no-untyped-def]
+    """The app's stores and writer for a command that writes events, or None (message printed) if they can't open."""
     from llmlens.app import open_services
 
-    settings = _settings(args)
     try:
         services = open_services(settings)
     except Exception as exc:
         print(f"llmlens: cannot open the stores ({str(exc)[:200]}); with embedded chDB, stop `llmlens serve` first",
               file=sys.stderr)
+        return None
+    services.control.ensure_org(org)
+    return services
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dashboard.demo import fill
+
+    settings = _settings(args)
+    services = _open_for_writing(settings, args.org)
+    if services is None:
         return 1
-    services.control.ensure_org(args.org)
 
     async def run() -> int:
         services.writer.start()
@@ -169,7 +178,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     import asyncio
 
     from ingest.bulk_import import import_file
-    from llmlens.app import open_services
     from storage.controlplane import Principal
 
     settings = _settings(args)
@@ -177,13 +185,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if missing:
         print(f"llmlens: no such file: {missing[0]}", file=sys.stderr)
         return 2
-    try:
-        services = open_services(settings)
-    except Exception as exc:
-        print(f"llmlens: cannot open the stores ({str(exc)[:200]}); with embedded chDB, stop `llmlens serve` first",
-              file=sys.stderr)
+    services = _open_for_writing(settings, args.org)
+    if services is None:
         return 1
-    services.control.ensure_org(args.org)
     principal = Principal(org_id=args.org, key_id="import")
     status = 0
 

@@ -22,7 +22,8 @@ from dashboard.web_auth import COOKIE, Sessions, WebUser
 from ingest import usage
 from ingest.auth import authenticate
 from ingest.errors import IngestError, NotFound
-from pricing.prices import PriceBook
+from ingest.limits import Limits
+from pricing.prices import PriceBook, nanos_from_usd, usd_from_nanos
 from storage.clickhouse import ClickHouse
 from storage.controlplane import ControlPlane, ControlPlaneError, KeyCache
 
@@ -94,7 +95,7 @@ def breakdown(prices: PriceBook, item: dict[str, Any]) -> list[tuple[str, int, s
 
 
 def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str,
-           prices: PriceBook) -> list[Route]:
+           prices: PriceBook, limits: Limits) -> list[Route]:
     def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
         template = env.get_template(name)
         return HTMLResponse(template.render(request=request, user=user, htmx=_htmx_version(), base_url=base_url, **ctx))
@@ -279,11 +280,58 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         return JSONResponse({"data": await q(panels.users, ch, principal.org_id, f)})
 
     # --- settings ------------------------------------------------------------------------------------
-    async def settings_page(request: Request, user: WebUser, created: str | None = None) -> Response:
+    async def settings_page(request: Request, user: WebUser, created: str | None = None, error: str | None = None) -> Response:
         api_keys = await q(control.list_keys, user.org_id)
         members = await q(control.pg.fetchall, "SELECT email, role, created_at FROM users WHERE org_id = %s ORDER BY email",
                           (user.org_id,))
-        return render("settings.html", request, user, api_keys=api_keys, members=members, created=created, active="settings")
+        policies = await q(control.pg.fetchall, "SELECT id, name, policy, api_key_id FROM rate_limit_policies"
+                           " WHERE org_id = %s ORDER BY created_at", (user.org_id,))
+        budgets = await q(control.pg.fetchall, "SELECT b.*, coalesce(s.spent_nanos, 0) AS spent FROM budgets b"
+                          " LEFT JOIN budget_spend s ON s.budget_id = b.id AND s.period_start = CASE WHEN b.period = 'day'"
+                          " THEN date_trunc('day', now() AT TIME ZONE 'UTC') ELSE date_trunc('month', now() AT TIME ZONE 'UTC') END"
+                          " AT TIME ZONE 'UTC' WHERE b.org_id = %s ORDER BY b.created_at", (user.org_id,))
+        resp = render("settings.html", request, user, api_keys=api_keys, members=members, created=created, error=error,
+                      policies=policies, budgets=[{**b, "limit_usd": usd_from_nanos(b["limit_nanos"]),
+                                                  "spent_usd": usd_from_nanos(int(b["spent"]))} for b in budgets],
+                      active="settings")
+        if error:
+            resp.status_code = 400
+        return resp
+
+    async def add_policy(request: Request, user: WebUser) -> Response:
+        form = await request.form()
+        key_id = str(form.get("api_key_id") or "") or None
+        if key_id and key_id not in {k.id for k in await q(control.list_keys, user.org_id)}:
+            raise NotFound("no such key in this org")
+        try:
+            await q(limits.add_policy, user.org_id, str(form.get("name") or form.get("policy") or ""),
+                    str(form.get("policy", "")), key_id)
+        except IngestError as exc:
+            return await settings_page(request, user, error=exc.message)
+        return RedirectResponse("/settings", status_code=303)
+
+    async def add_budget(request: Request, user: WebUser) -> Response:
+        form = await request.form()
+        scope, period = str(form.get("scope", "")), str(form.get("period", ""))
+        value, prop = str(form.get("value", "")).strip(), str(form.get("property", "")).strip().lower()
+        try:
+            limit = nanos_from_usd(str(form.get("limit_usd", "")))
+        except (ValueError, ArithmeticError):
+            return await settings_page(request, user, error="the limit must be a non-negative amount of USD")
+        if scope not in ("key", "user", "property") or period not in ("day", "month") or not value or (scope == "property" and not prop):
+            return await settings_page(request, user, error="a budget needs a scope, a value (and a property name for "
+                                                            "property budgets) and a period")
+        await q(limits.add_budget, user.org_id, scope, prop, value, period, limit)
+        return RedirectResponse("/settings", status_code=303)
+
+    async def delete_rule(request: Request, user: WebUser) -> Response:
+        table = {"rate-limits": "rate_limit_policies", "budgets": "budgets"}[request.path_params["kind"]]
+        n = await q(control.pg.execute, f"DELETE FROM {table} WHERE id = %s AND org_id = %s",
+                    (request.path_params["id"], user.org_id))
+        if not n:
+            raise NotFound("no such rule in this org")
+        limits.forget(user.org_id)
+        return RedirectResponse("/settings", status_code=303)
 
     async def create_key(request: Request, user: WebUser) -> Response:
         form = await request.form()
@@ -324,6 +372,9 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         Route("/settings", page(settings_page)),
         Route("/settings/keys", page(create_key), methods=["POST"]),
         Route("/settings/keys/{key_id}/revoke", page(revoke_key), methods=["POST"]),
+        Route("/settings/rate-limits", page(add_policy), methods=["POST"]),
+        Route("/settings/budgets", page(add_budget), methods=["POST"]),
+        Route("/settings/{kind:str}/{id}/delete", page(delete_rule), methods=["POST"]),
         Route("/static/{name}", static),
         Route("/api/v1/overview", api_overview),
         Route("/api/v1/properties", api_properties),

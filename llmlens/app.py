@@ -206,7 +206,7 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
         *gateway_api.routes(keys=services.keys, limits=services.limits),
         *pages.routes(ch=services.ch, control=services.control, keys=services.keys, sessions=services.sessions,
-                      base_url=settings.base_url, prices=services.prices),
+                      base_url=settings.base_url, prices=services.prices, limits=services.limits),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: error_response, HttpError: error_response})
     app.state.services = services

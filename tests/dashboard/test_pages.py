@@ -193,3 +193,24 @@ def test_setup_link_creates_the_first_admin_once(server: str, services: Services
     assert httpx.post(f"{server}{path}", data={"email": "second@example.com", "password": PASSWORD}).status_code == 404
     assert setup_link(services) is None
     login(server, "first@example.com")
+
+
+def test_rate_limits_and_budgets_from_the_settings_page(seeded: tuple[str, str], services: Services) -> None:
+    server, key = seeded
+    client = login(server)
+    token = csrf_of(client.get("/settings").text)
+    bad = client.post("/settings/rate-limits", data={"policy": "lots", "csrf": token})
+    assert bad.status_code == 400 and "is not &#39;&lt;quota&gt;;w=&lt;seconds&gt;" in bad.text
+    assert client.post("/settings/rate-limits", data={"policy": "100;w=60;s=user", "name": "per user", "csrf": token}).status_code == 303
+    assert client.post("/settings/budgets", data={"scope": "user", "value": "alice", "period": "month",
+                                                  "limit_usd": "12.50", "csrf": token}).status_code == 303
+    assert client.post("/settings/budgets", data={"scope": "user", "value": "x", "period": "year",
+                                                  "limit_usd": "1", "csrf": token}).status_code == 400
+    page = client.get("/settings").text
+    assert "<code>100;w=60;s=user</code>" in page and "$12.500000000" in page
+    auth = {"Authorization": f"Bearer {key}"}
+    assert [p["policy"] for p in httpx.get(f"{server}/api/v1/rate-limits", headers=auth).json()["data"]] == ["100;w=60;s=user"]
+    (budget,) = httpx.get(f"{server}/api/v1/budgets", headers=auth).json()["data"]
+    assert (budget["value"], budget["period"], budget["limit_usd"]) == ("alice", "month", "12.500000000")
+    assert client.post(f"/settings/budgets/{budget['id']}/delete", data={"csrf": token}).status_code == 303
+    assert httpx.get(f"{server}/api/v1/budgets", headers=auth).json()["data"] == []

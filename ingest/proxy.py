@@ -341,7 +341,7 @@ class Proxy:
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": out})
 
         disconnected = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected)) if is_stream else None
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected, upstream)) if is_stream else None
         filt = _UsageChunkFilter() if (strip_usage and is_stream) else None
         complete = False
         try:
@@ -362,9 +362,10 @@ class Proxy:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             complete = True
         except httpx.HTTPError as exc:
-            # The provider dropped mid-body. Returning without finishing the response makes the server drop the
-            # client's connection too, so the client sees what it would have seen direct; the log keeps the part.
-            ctx.error = f"the provider connection broke mid-response: {type(exc).__name__}: {exc}"
+            if not disconnected.is_set():  # else: the watcher closed the upstream because the client left
+                # The provider dropped mid-body. Returning without finishing the response makes the server drop the
+                # client's connection too, so the client sees what it would have seen direct; the log keeps the part.
+                ctx.error = f"the provider connection broke mid-response: {type(exc).__name__}: {exc}"
         except OSError:
             ctx.cancelled = True
         finally:
@@ -596,11 +597,13 @@ async def _drain(receive: Receive) -> None:
     await _read_body(receive)
 
 
-async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event) -> None:
+async def _watch_disconnect(receive: Receive, disconnected: asyncio.Event, upstream: httpx.Response) -> None:
+    """When the client goes away mid-stream, close the upstream call at once (the provider stops generating)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             disconnected.set()
+            await upstream.aclose()
             return
 
 

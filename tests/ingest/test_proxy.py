@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import threading
 import time
 from typing import Any
 
@@ -280,8 +279,12 @@ def test_client_disconnect_mid_stream_cancels_upstream(proxied: Proxied) -> None
         json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "go"}]},
     ) as r:
         next(r.iter_raw())
-    # the client is gone; let the provider continue
-    threading.Timer(0.3, release.set).start()
+    # the client is gone while the provider still holds the rest back: the proxy logs it and cancels upstream
     (row,) = proxied.events(1)
     assert row["error"] == "the client disconnected before the response finished"
-    assert row["stream"] is True
+    assert row["stream"] is True and row["response_body"].count("data:") == 1
+    deadline = time.monotonic() + 10
+    while proxied.fake.cancelled_streams == 0:
+        assert time.monotonic() < deadline, "the provider's stream was not cancelled"
+        time.sleep(0.02)
+    release.set()

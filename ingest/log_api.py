@@ -59,7 +59,7 @@ def events_from_items(
                     try:
                         cost = nanos_from_usd(item["cost_usd"])
                     except (ValueError, TypeError, ArithmeticError):
-                        raise EventError(f"cost_usd {item['cost_usd']!r} is not a non-negative decimal") from None
+                        raise EventError(f"cost_usd {item['cost_usd']!r} is not a non-negative decimal of at most 1e9 USD") from None
                 ev = event_from_api(item, org_id=principal.org_id, api_key_id=principal.key_id, now=now, cost_nanos=cost)
             price(prices, ev)
             events.append(ev)

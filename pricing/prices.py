@@ -309,6 +309,10 @@ def usd_from_nanos(n: int) -> str:
     return f"{sign}{whole}.{frac:09d}"
 
 
+# one event's cost (or a budget) beyond this is a unit mistake; it also keeps nanos inside ClickHouse's UInt64
+MAX_COST_USD = Decimal(10**9)
+
+
 def nanos_from_usd(value: str | int | float | Decimal) -> int:
     """USD (a decimal string is exact; a float goes through its shortest repr, so 0.1 -> 100000000)."""
     if isinstance(value, bool):
@@ -316,4 +320,6 @@ def nanos_from_usd(value: str | int | float | Decimal) -> int:
     d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     if not d.is_finite() or d < 0:
         raise ValueError(f"a cost must be a non-negative number, not {value!r}")
+    if d > MAX_COST_USD:
+        raise ValueError(f"a cost must be at most {MAX_COST_USD} USD, not {value!r}")
     return _nanos(d)

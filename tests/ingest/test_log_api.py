@@ -24,6 +24,7 @@ def test_valid_items_accepted_invalid_reported_by_index(server: str, api_key: st
         {"request_id": "bad-4", "properties": {"a": 1}},
         {"request_id": "bad-5", "cost_usd": "-1"},
         "not an object",
+        {"request_id": "bad-7", "cost_usd": 18446744074.0},
         {"request_id": "ok-2", "model": "gpt-4o", "source": "otlp"},
     ]
     r = post(server, api_key, orjson.dumps(items), **{"Content-Type": "application/json"})
@@ -32,8 +33,9 @@ def test_valid_items_accepted_invalid_reported_by_index(server: str, api_key: st
         {"index": 2, "error": "unknown field 'colour'"},
         {"index": 3, "error": "created_at 'last tuesday' is not an ISO 8601 time"},
         {"index": 4, "error": "property 'a' must have a non-empty name and a string value"},
-        {"index": 5, "error": "cost_usd '-1' is not a non-negative decimal"},
+        {"index": 5, "error": "cost_usd '-1' is not a non-negative decimal of at most 1e9 USD"},
         {"index": 6, "error": "expected an object, got str"},
+        {"index": 7, "error": "cost_usd 18446744074.0 is not a non-negative decimal of at most 1e9 USD"},
     ]})
     deadline = time.monotonic() + 10
     while len(rows := services.ch.query("SELECT request_id FROM request_events FINAL ORDER BY request_id")) < 2:

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dashboard import charts, panels, queries
+from dashboard import alerts_pages, charts, panels, queries
+from dashboard.alerts import Alerts
 from dashboard.web_auth import COOKIE, Sessions, WebUser
 from ingest import usage
 from ingest.auth import authenticate
@@ -95,7 +96,7 @@ def breakdown(prices: PriceBook, item: dict[str, Any]) -> list[tuple[str, int, s
 
 
 def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str,
-           prices: PriceBook, limits: Limits) -> list[Route]:
+           prices: PriceBook, limits: Limits, alerts: Alerts) -> list[Route]:
     def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
         template = env.get_template(name)
         return HTMLResponse(template.render(request=request, user=user, htmx=_htmx_version(), base_url=base_url, **ctx))
@@ -375,6 +376,7 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         Route("/settings/rate-limits", page(add_policy), methods=["POST"]),
         Route("/settings/budgets", page(add_budget), methods=["POST"]),
         Route("/settings/{kind:str}/{id}/delete", page(delete_rule), methods=["POST"]),
+        *alerts_pages.routes(render=render, page=page, q=q, alerts=alerts),
         Route("/static/{name}", static),
         Route("/api/v1/overview", api_overview),
         Route("/api/v1/properties", api_properties),

@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dashboard import alerts_api, pages
 from dashboard import api as dashboard_api
-from dashboard import pages
+from dashboard.alerts import Alerts
 from dashboard.web_auth import Sessions, secret_key
 from ingest import gateway_api, helicone_log, log_api, otlp
 from ingest.cache import ResponseCache
@@ -53,6 +54,7 @@ class Services:
     prices: PriceBook
     limits: Limits
     sessions: Sessions
+    alerts: Alerts
 
 
 def open_services(settings: Settings) -> Services:
@@ -75,6 +77,8 @@ def open_services(settings: Settings) -> Services:
         settings=settings, ch=ch, ch_insert=ch_insert, pg=pg, control=control,
         keys=KeyCache(control, settings.key_cache_ttl_s), writer=writer, metrics=metrics, prices=prices,
         limits=Limits(pg), sessions=Sessions(secret_key(settings.secret_key, settings.data_dir)),
+        alerts=Alerts(pg, ch, interval_s=settings.alert_interval_s, base_url=settings.base_url,
+                      smtp_url=settings.smtp_url, mail_from=settings.alert_from),
     )
 
 
@@ -183,11 +187,13 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         await proxy.start()
         touch = asyncio.create_task(_every(30, services.keys.flush_last_used, "record API key last-used times"))
         evict = asyncio.create_task(_every(60, gateway.cache.evict, "evict expired cache entries"))
+        alerting = asyncio.create_task(_every(settings.alert_interval_s, services.alerts.tick, "evaluate alert rules"))
         try:
             yield
         finally:
             touch.cancel()
             evict.cancel()
+            alerting.cancel()
             await proxy.aclose()
             await services.writer.close()
             services.keys.flush_last_used()
@@ -205,8 +211,9 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
                      max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
         *gateway_api.routes(keys=services.keys, limits=services.limits),
+        *alerts_api.routes(keys=services.keys, alerts=services.alerts),
         *pages.routes(ch=services.ch, control=services.control, keys=services.keys, sessions=services.sessions,
-                      base_url=settings.base_url, prices=services.prices, limits=services.limits),
+                      base_url=settings.base_url, prices=services.prices, limits=services.limits, alerts=services.alerts),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: error_response, HttpError: error_response})
     app.state.services = services

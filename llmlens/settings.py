@@ -64,6 +64,13 @@ def _dsn(key: str, raw: str) -> str:
     return raw
 
 
+def _smtp(key: str, raw: str) -> str:
+    raw = raw.strip()
+    if raw and not re.match(r"^smtps?://[^/]+", raw):
+        raise SettingsError(f"{key} has value {raw!r}; expected smtp://user:password@host:587 or smtps://host:465")
+    return raw
+
+
 def _db_name(key: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", raw):
         raise SettingsError(f"{key} has value {raw!r}; expected a database name of letters, digits and _")
@@ -131,6 +138,9 @@ class Settings:
     cache_max_bytes: int = _setting(1 << 30, str(1 << 30), _int, "Total size of the proxy cache in PostgreSQL; the oldest entries go first.")
     prices_file: Path | None = _setting(None, "", _opt_path, "TOML file of price overrides (self-hosted, fine-tuned or negotiated rates).")
     prices_auto_update: bool = _setting(False, "0", _bool, "Fetch newer prices from the genai-prices project at run time (needs network).")
+    alert_interval_s: float = _setting(60.0, "60", _float, "How often alert rules are evaluated (each rule runs one ClickHouse query).")
+    smtp_url: str = _setting("", "", _smtp, "SMTP server for alert email: smtp://user:password@host:587 (STARTTLS) or smtps://...:465; empty = no email channel.")
+    alert_from: str = _setting("llmlens@localhost", "llmlens@localhost", _str, "From address of alert email.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

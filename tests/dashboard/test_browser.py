@@ -43,7 +43,7 @@ def _loop_of(services: Services) -> Any:
     return task.get_loop()
 
 
-def test_dashboard_in_chromium(populated: tuple[str, str]) -> None:
+def test_dashboard_in_chromium(populated: tuple[str, str], services: Services) -> None:
     from playwright.sync_api import sync_playwright
 
     server, key = populated
@@ -101,6 +101,24 @@ def test_dashboard_in_chromium(populated: tuple[str, str]) -> None:
         for name in ("properties", "users", "settings"):
             page.goto(f"{server}/{name}?range=30d" if name != "settings" else f"{server}/settings")
             page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        # an alert rule made in the form, evaluated, shown firing with its value
+        page.goto(f"{server}/alerts")
+        page.fill("input[name=name]", "Spend over a dollar a month")
+        page.select_option("select[name=metric]", "cost")
+        page.fill("input[name=threshold]", "1")
+        page.select_option("select[name=window]", "30d")
+        page.fill("input[name=webhook_url]", "http://127.0.0.1:9/hook")
+        page.click("button:has-text('Create rule')")
+        page.wait_for_selector("#rule-state")
+        assert page.inner_text("#rule-state") == "ok"
+        services.alerts.evaluate_due()
+        page.reload()
+        month = httpx.get(f"{server}/api/v1/overview", headers=auth, params={"range": "30d"}).json()["kpis"]
+        assert page.inner_text("#rule-state") == "firing"
+        assert page.inner_text("#rule-value") == f"${float(month['cost_usd']):,.2f}"
+        page.screenshot(path=str(SHOTS / "alert.png"), full_page=True)
+        page.goto(f"{server}/alerts")
+        page.screenshot(path=str(SHOTS / "alerts.png"), full_page=True)
         page.set_viewport_size({"width": 420, "height": 900})
         page.goto(f"{server}/?range=30d")
         page.screenshot(path=str(SHOTS / "overview-narrow.png"), full_page=True)

@@ -75,7 +75,7 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("path", ["/", "/requests", "/requests/p1", "/properties", "/users", "/settings",
+@pytest.mark.parametrize("path", ["/", "/requests", "/requests/p1", "/properties", "/users", "/settings", "/alerts", "/alerts/alr_x",
                                   "/requests/export.csv", "/requests/export.jsonl"])
 def test_every_page_and_export_needs_a_login(server: str, path: str) -> None:
     r = httpx.get(f"{server}{path}")

@@ -50,3 +50,22 @@ def stacked_cost(points: list[dict[str, Any]]) -> dict[str, Any]:
     return _fig("Cost per value over time (USD)",
                 [{"type": "bar", "x": xs, "y": ys, "name": v} for v, (xs, ys) in list(by_value.items())[:20]],
                 barmode="stack")
+
+
+def histogram(title: str, values: list[float], unit: str) -> dict[str, Any]:
+    return _fig(title, [{"type": "histogram", "x": values, "name": unit, "nbinsx": 30}], hovermode="closest",
+                xaxis={"title": {"text": unit}}, yaxis={"title": {"text": "sessions"}})
+
+
+def timeline(steps: list[dict[str, Any]], label: Any) -> dict[str, Any]:
+    """A waterfall: one bar per step from its start to its end (ms since the session began); click opens it."""
+    names = [f"{i + 1}. {s['path']} · {label(s)}" for i, s in enumerate(steps)]
+    fig = _fig("Timeline (ms from the session's start)", [{
+        "type": "bar", "orientation": "h", "y": names, "base": [s["offset_ms"] for s in steps],
+        "x": [max(s["latency_ms"], 1) for s in steps], "customdata": [s["request_id"] for s in steps],
+        "marker": {"color": ["#d64545" if s["status"] >= 400 or s["status"] < 0 else "#3b6fd4" for s in steps]},
+        "hovertemplate": "%{y}<br>start %{base} ms, %{x} ms<extra></extra>", "name": "steps"}],
+        hovermode="closest", height=80 + 24 * len(steps), margin={"l": 260, "r": 12, "t": 32, "b": 36},
+        showlegend=False)
+    fig["layout"]["yaxis"] = {"autorange": "reversed", "automargin": True}
+    return fig

@@ -26,8 +26,12 @@ MODELS = [  # (provider, model, path, share, input tokens range, output tokens r
 TEAMS = ["search", "support", "growth", "research"]
 ENVS = ["prod", "prod", "prod", "staging"]
 FEATURES = ["summarize", "chat", "classify", "extract", "draft-email"]
-SESSIONS = ["Research agent", "Support bot", "Onboarding flow"]
-STEPS = ["/plan", "/plan/search", "/plan/search/fetch", "/answer", "/answer/review"]
+# agent runs: each session name follows its script of nested steps (Helicone-Session-Path)
+SCRIPTS = {
+    "Research agent": ["/plan", "/plan/search", "/plan/search/fetch", "/plan/search/fetch", "/answer", "/answer/review"],
+    "Support bot": ["/classify", "/retrieve", "/draft", "/draft/review", "/send"],
+    "Onboarding flow": ["/welcome", "/profile", "/profile/extract", "/recommend"],
+}
 
 
 def synthetic(n: int, org_id: str, *, days: int = 30, seed: int = 42, now: datetime | None = None) -> list[RequestEvent]:
@@ -36,6 +40,7 @@ def synthetic(n: int, org_id: str, *, days: int = 30, seed: int = 42, now: datet
     weights = [m[3] for m in MODELS]
     users = [f"user-{i:03d}" for i in range(120)]
     events = []
+    in_sessions: list[RequestEvent] = []
     for i in range(n):
         provider, model, path, _, (in_lo, in_hi), (out_lo, out_hi), p50 = rnd.choices(MODELS, weights)[0]
         # more traffic on weekdays and working hours, a growing trend over the month
@@ -61,9 +66,7 @@ def synthetic(n: int, org_id: str, *, days: int = 30, seed: int = 42, now: datet
             error="" if status == 200 else orjson.dumps({"error": {"message": f"upstream returned {status}"}}).decode(),
         )
         if session:
-            ev.session_id = f"sess-{rnd.randint(1, n // 8 + 1)}"
-            ev.session_name = rnd.choice(SESSIONS)
-            ev.session_path = rnd.choice(STEPS)
+            in_sessions.append(ev)
         if rnd.random() < 0.2:
             ev.prompt_id, ev.prompt_version = "support-answer", rnd.choice(["1", "2", "3"])
         ev.request_body = orjson.dumps({"model": model, "messages": [
@@ -73,7 +76,24 @@ def synthetic(n: int, org_id: str, *, days: int = 30, seed: int = 42, now: datet
             "role": "assistant", "content": "Here is a concise answer for you."}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}).decode() if status == 200 else ev.error
         events.append(ev)
+    _as_runs(rnd, in_sessions, seed)
     return events
+
+
+def _as_runs(rnd: random.Random, chosen: list[RequestEvent], seed: int) -> None:
+    """Group events into agent runs: consecutive steps of one user, one after another, along a script of paths."""
+    i = 0
+    while i < len(chosen):
+        name = rnd.choice(list(SCRIPTS))
+        script = SCRIPTS[name]
+        run = chosen[i:i + rnd.randint(2, len(script))]
+        t = run[0].created_at
+        for j, ev in enumerate(run):
+            ev.session_id, ev.session_name, ev.session_path = f"sess-{seed}-{i}", name, script[j]
+            ev.user_id = run[0].user_id
+            ev.created_at = t
+            t += timedelta(milliseconds=ev.latency_ms + rnd.randint(20, 400))
+        i += len(run)
 
 
 async def fill(writer: Writer, prices: PriceBook, org_id: str, n: int, progress: Callable[[int], None] | None = None) -> int:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dashboard import alerts_pages, charts, panels, queries
+from dashboard import alerts_pages, charts, panels, queries, session_pages
 from dashboard.alerts import Alerts
 from dashboard.web_auth import COOKIE, Sessions, WebUser
 from ingest import usage
@@ -186,8 +186,7 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         figs = {"cost": charts.cost_series(data["series"]), "requests": charts.request_series(data["series"]),
                 "latency": charts.latency_series(data["series"]), "models": charts.bars("Top models by cost", data["top_models"]),
                 "users": charts.bars("Top users by cost", data["top_users"])}
-        name = "_overview_panels.html" if request.headers.get("hx-request") else "overview.html"
-        return render(name, request, user, state=state, data=data, figs=figs, active="overview")
+        return render("overview.html", request, user, state=state, data=data, figs=figs, active="overview")
 
     async def api_overview(request: Request) -> Response:
         principal = await authenticate(keys, request.headers)
@@ -377,6 +376,7 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         Route("/settings/budgets", page(add_budget), methods=["POST"]),
         Route("/settings/{kind:str}/{id}/delete", page(delete_rule), methods=["POST"]),
         *alerts_pages.routes(render=render, page=page, q=q, alerts=alerts),
+        *session_pages.routes(render=render, page=page, q=q, view_filters=view_filters, ch=ch, keys=keys),
         Route("/static/{name}", static),
         Route("/api/v1/overview", api_overview),
         Route("/api/v1/properties", api_properties),

@@ -49,8 +49,9 @@ class Proxied:
         self.clients.append(client)
         return client
 
-    def anthropic(self, **kw: Any) -> anthropic.Anthropic:
-        client = anthropic.Anthropic(base_url=f"{self.url}/anthropic", default_headers=self.headers(), max_retries=0, **kw)
+    def anthropic(self, headers: dict[str, str] | None = None, **kw: Any) -> anthropic.Anthropic:
+        client = anthropic.Anthropic(base_url=f"{self.url}/anthropic", default_headers=self.headers(**(headers or {})),
+                                     max_retries=0, **kw)
         self.clients.append(client)
         return client
 

@@ -101,6 +101,21 @@ def test_dashboard_in_chromium(populated: tuple[str, str], services: Services) -
         for name in ("properties", "users", "settings"):
             page.goto(f"{server}/{name}?range=30d" if name != "settings" else f"{server}/settings")
             page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        # sessions: the list, then one session's tree and timeline; a click on a bar opens that request
+        page.goto(f"{server}/sessions?range=30d")
+        page.screenshot(path=str(SHOTS / "sessions.png"), full_page=True)
+        page.click("#sessions tbody a, #sessions tr:nth-child(2) a")
+        page.wait_for_selector("#timeline .main-svg")
+        sid = page.url.rsplit("/", 1)[1]
+        detail = httpx.get(f"{server}/api/v1/sessions/{sid}", headers=auth).json()
+        assert page.locator("#session-tree li.step").count() == detail["totals"]["requests"]
+        page.screenshot(path=str(SHOTS / "session.png"), full_page=True)
+        box = page.locator("#timeline g.point path").first.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_url(f"{server}/requests/*")
+        assert page.url == f"{server}/requests/{detail['timeline'][0]['request_id']}"
+
         # an alert rule made in the form, evaluated, shown firing with its value
         page.goto(f"{server}/alerts")
         page.fill("input[name=name]", "Spend over a dollar a month")

@@ -58,10 +58,11 @@ def view_filters(request: Request) -> tuple[queries.Filters, dict[str, Any]]:
     qp = request.query_params
     rng = qp.get("range", "24h")
     allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property"}
-    unknown = [k for k in qp if k not in allowed and not k.startswith("property.")]
+    unknown = [k for k in qp if k not in allowed and not k.startswith(("property.", "score."))]
     if unknown:
         raise IngestError(f"unknown filter {unknown[0]!r}")
-    picked = {k: v for k, v in qp.multi_items() if (k in PAGE_FILTERS or k.startswith("property.") or k in ("start", "end")) and v}
+    picked = {k: v for k, v in qp.multi_items()
+              if (k in PAGE_FILTERS or k.startswith(("property.", "score.")) or k in ("start", "end")) and v}
     # a free-text "property" box: "team=search"
     prop = qp.get("property", "")
     if "=" in prop:

@@ -1,5 +1,5 @@
 """Scores, feedback and properties after the fact (Helicone's shapes), and what reads them: the request, the
-explorer's score filter, the properties panel; a scored request still counts once."""
+explorer's score filter, the properties panel, averages per group; a scored request still counts once."""
 
 from __future__ import annotations
 
@@ -155,9 +155,52 @@ def test_session_feedback_lands_once_per_session(api: Api) -> None:
     assert api.session_feedback("s1", {"rating": True}).json()["data"]["request_id"] == "r0"
     assert [api.scores_of(i) for i in ("r0", "r1", "r2")] == [{"helicone-session-feedback": 1}, {}, {}]
     assert api.session_feedback("s2", {"rating": False}).json()["data"]["request_id"] == "r3"
+    by_session = api.get("/api/v1/scores", by="session", range="1h")["data"]
+    assert [(g["value"], g["requests"], g["scores"]) for g in by_session] == [
+        ("s1", 3, {"helicone-session-feedback": {"avg": 1.0, "count": 1}}),
+        ("s2", 1, {"helicone-session-feedback": {"avg": 0.0, "count": 1}})]
+    # by user, each rated session counts once: alice rated 1 (s1), bob rated 0 (s2)
+    by_user = api.get("/api/v1/scores", by="user", range="1h")["data"]
+    assert [(g["value"], g["scores"]) for g in by_user] == [
+        ("alice", {"helicone-session-feedback": {"avg": 1.0, "count": 1}}),
+        ("bob", {"helicone-session-feedback": {"avg": 0.0, "count": 1}})]
     assert api.ids(**{"property.helicone-session-feedback": "1"}) == ["r0"]
     r = api.session_feedback("nope", {"rating": True})
     assert (r.status_code, r.json()) == (404, {"error": "no session 'nope' in this org"})
+
+
+def test_averages_per_group_are_exact(api: Api) -> None:
+    for request_id, scores in [("r0", {"quality": 8, "cost-ok": 1}), ("r1", {"quality": 7}), ("r2", {"quality": 2}),
+                               ("r3", {"quality": 1, "cost-ok": 0}), ("r4", {"quality": 10})]:
+        assert api.score(request_id, {"scores": scores}).status_code == 200
+    by_user = api.get("/api/v1/scores", by="user", range="1h")
+    assert by_user == {"by": "user", "data": [
+        {"value": "alice", "requests": 2, "scored": 2,
+         "scores": {"cost-ok": {"avg": 1.0, "count": 1}, "quality": {"avg": 7.5, "count": 2}}},
+        {"value": "bob", "requests": 2, "scored": 2,
+         "scores": {"cost-ok": {"avg": 0.0, "count": 1}, "quality": {"avg": 1.5, "count": 2}}},
+        {"value": "carol", "requests": 1, "scored": 1, "scores": {"quality": {"avg": 10.0, "count": 1}}},
+    ]}
+    by_model = api.get("/api/v1/scores", by="model", range="1h")["data"]
+    assert [(g["value"], g["scores"]["quality"]) for g in by_model] == [
+        ("gpt-4o", {"avg": 25 / 3, "count": 3}), ("gpt-4o-mini", {"avg": 1.5, "count": 2})]
+    by_version = api.get("/api/v1/scores", by="prompt_version", range="1h")["data"]
+    assert [(g["prompt_id"], g["value"], g["scores"]["quality"]) for g in by_version] == [
+        ("answer", "1", {"avg": 9.0, "count": 2}), ("answer", "2", {"avg": 4.5, "count": 2})]
+    by_team = api.get("/api/v1/scores", **{"by": "property.team", "range": "1h"})["data"]
+    assert [(g["value"], g["scores"]["quality"]) for g in by_team] == [
+        ("search", {"avg": 25 / 3, "count": 3}), ("chat", {"avg": 1.5, "count": 2})]
+    # filters narrow the averaged set, as on every panel
+    assert api.get("/api/v1/scores", by="user", range="1h", model="gpt-4o-mini")["data"][0]["scores"]["quality"] == {
+        "avg": 1.5, "count": 2}
+    # sums are exact far beyond what a Float64 or Int64 sum could hold
+    api.score("r0", {"scores": {"big": 2**63 - 1}})
+    api.score("r1", {"scores": {"big": 2**63 - 1}})
+    alice = api.get("/api/v1/scores", by="user", range="1h")["data"][0]
+    assert alice["scores"]["big"] == {"avg": float(2**63 - 1), "count": 2}
+    r = httpx.get(f"{api.url}/api/v1/scores", params={"by": "colour"}, headers=api.auth)
+    assert (r.status_code, r.json()) == (400, {"error": "by must be model, prompt_version, session, user or "
+                                                        "property.<key>, not 'colour'"})
 
 
 def test_score_filter_in_the_explorer(api: Api) -> None:

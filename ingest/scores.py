@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -149,30 +148,15 @@ def _type(value: Any) -> str:
 
 # --- updates -----------------------------------------------------------------------------------------------
 class Annotator:
-    """Applies updates one at a time per row (an update reads the newest version, then writes the next one).
+    """Updates requests in ClickHouse; a request acknowledged but not yet inserted is waited for before a 404.
 
-    The lock is per process: processes sharing a ClickHouse server could race on the same row and lose one update.
-    A request the writer has acknowledged but not yet inserted is waited for (the writer is flushed, then
-    ClickHouse polled for up to `wait_s`) before the answer is 404.
+    An update is one INSERT ... SELECT (read the newest version, write the next), and statements on one ClickHouse
+    connection run one at a time, so concurrent updates from this process never lose one another. Two processes
+    sharing a ClickHouse server could interleave on the same request and lose one of the two updates.
     """
 
     def __init__(self, ch: ClickHouse, writer: Writer, *, wait_s: float) -> None:
         self.ch, self.writer, self.wait_s = ch, writer, wait_s
-        self._locks: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def _hold(self, *key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
     async def _ch(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         try:
@@ -210,8 +194,7 @@ class Annotator:
                              properties: dict[str, str] | None = None) -> None:
         if len(request_id) > MAX_ID_LEN or not await self._visible(lambda: self._exists(org_id, request_id)):
             raise NotFound(f"no request {request_id!r} in this org")
-        async with self._hold(org_id, request_id):
-            await self._update(org_id, request_id, scores=scores, properties=properties)
+        await self._update(org_id, request_id, scores=scores, properties=properties)
 
     async def rate_session(self, org_id: str, session_id: str, rating: bool) -> str:
         """Set the session's feedback on the one request that carries it; returns that request's id."""
@@ -220,14 +203,12 @@ class Annotator:
                                                                "name": SESSION_FEEDBACK}, name="session_feedback_row")
             return rows[0] if rows else None
 
-        async with self._hold("session", org_id, session_id):
-            target = await self._visible(row) if session_id else None
-            if target is None:
-                raise NotFound(f"no session {session_id!r} in this org")
-            async with self._hold(org_id, target["request_id"]):
-                await self._update(org_id, target["request_id"], scores={SESSION_FEEDBACK: int(rating)},
-                                   properties={SESSION_FEEDBACK: str(int(rating))}, created_at=target["created_at"])
-            return str(target["request_id"])
+        target = await self._visible(row)
+        if target is None:
+            raise NotFound(f"no session {session_id!r} in this org")
+        await self._update(org_id, target["request_id"], scores={SESSION_FEEDBACK: int(rating)},
+                           properties={SESSION_FEEDBACK: str(int(rating))}, created_at=target["created_at"])
+        return str(target["request_id"])
 
 
 def routes(*, keys: KeyCache, ch: ClickHouse, writer: Writer, wait_s: float) -> list[Route]:

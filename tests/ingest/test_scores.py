@@ -7,6 +7,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -121,6 +122,13 @@ def test_scores_round_trip_merge_and_overwrite(api: Api) -> None:
     got = api.get("/api/v1/requests/r0")
     sent = SEED[0]
     assert {k: got[k] for k in sent} == sent
+
+
+def test_concurrent_scores_on_one_request_all_land(api: Api) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: api.score("r2", {"scores": {f"judge-{i}": i}}).status_code, range(16)))
+    assert codes == [200] * 16
+    assert api.scores_of("r2") == {f"judge-{i}": i for i in range(16)}
 
 
 def test_feedback_is_helicones_score(api: Api) -> None:

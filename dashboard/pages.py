@@ -54,15 +54,19 @@ def _htmx_version() -> str:
     return next(HERE.joinpath("static").glob("htmx-*.min.js")).name
 
 
-def view_filters(request: Request) -> tuple[queries.Filters, dict[str, Any]]:
-    """Global range and filters from the URL (so a view can be shared); `state` re-renders the controls."""
+def view_filters(request: Request, extra: frozenset[str] = frozenset()) -> tuple[queries.Filters, dict[str, Any]]:
+    """Global range and filters from the URL (so a view can be shared); `state` re-renders the controls.
+
+    `extra` names the view's own parameters, read by the caller.
+    """
     qp = request.query_params
     rng = qp.get("range", "24h")
-    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property"}
-    unknown = [k for k in qp if k not in allowed and not k.startswith("property.")]
+    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property"} | extra
+    unknown = [k for k in qp if k not in allowed and not k.startswith(("property.", "score."))]
     if unknown:
         raise IngestError(f"unknown filter {unknown[0]!r}")
-    picked = {k: v for k, v in qp.multi_items() if (k in PAGE_FILTERS or k.startswith("property.") or k in ("start", "end")) and v}
+    picked = {k: v for k, v in qp.multi_items()
+              if (k in PAGE_FILTERS or k.startswith(("property.", "score.")) or k in ("start", "end")) and v}
     # a free-text "property" box: "team=search"
     prop = qp.get("property", "")
     if "=" in prop:
@@ -279,6 +283,14 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         f, _ = view_filters(request)
         return JSONResponse({"data": await q(panels.users, ch, principal.org_id, f)})
 
+    async def api_scores(request: Request) -> Response:
+        principal = await authenticate(keys, request.headers)
+        f, _ = view_filters(request, frozenset({"by"}))
+        by = request.query_params.get("by", "")
+        if by not in panels.SCORE_GROUPS and not (by.startswith("property.") and by != "property."):
+            raise IngestError(f"by must be {panels.score_groupings()}, not {by!r}")
+        return JSONResponse({"by": by, "data": await q(panels.scores_by, ch, principal.org_id, f, by)})
+
     # --- settings ------------------------------------------------------------------------------------
     async def settings_page(request: Request, user: WebUser, created: str | None = None, error: str | None = None) -> Response:
         api_keys = await q(control.list_keys, user.org_id)
@@ -382,6 +394,7 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         Route("/api/v1/properties", api_properties),
         Route("/api/v1/properties/{key}", api_properties),
         Route("/api/v1/users", api_users),
+        Route("/api/v1/scores", api_scores),
     ]
 
 

@@ -164,3 +164,51 @@ def users(ch: ClickHouse, org_id: str, f: Filters, limit: int = 500) -> list[dic
              "tokens": int(r["tokens"]), "error_rate": round(int(r["errors"]) / int(r["requests"]), 4),
              "first_seen": r["first_seen"].replace(" ", "T") + "Z", "last_seen": r["last_seen"].replace(" ", "T") + "Z"}
             for r in ch.query(USERS.replace("{where}", where), {**params, "limit": limit}, name="users")]
+
+
+# by -> (the group's columns, GROUP BY, which rows belong to some group); `property.<key>` is added in scores_by.
+SCORE_GROUPS = {
+    "model": ("model AS value", "value", "model != ''"),
+    "user": ("user_id AS value", "value", "user_id != ''"),
+    "session": ("session_id AS value", "value", "session_id != ''"),
+    "prompt_version": ("prompt_version AS value, prompt_id", "prompt_id, value", "prompt_id != ''"),
+}
+# Sums in Int128 (as text: JSON readers stop at 64 bits) so the average is exact whatever the scores.
+SCORES_BY = """
+SELECT {columns}, count() AS requests, countIf(notEmpty(scores)) AS scored,
+       mapApply((k, v) -> (k, toString(v)), sumMap(mapApply((k, v) -> (k, toInt128(v)), scores))) AS sums,
+       sumMap(mapApply((k, v) -> (k, toUInt64(1)), scores)) AS counts
+FROM request_events FINAL WHERE {where} AND {present}
+GROUP BY {group} HAVING scored > 0
+ORDER BY scored DESC, requests DESC, {group} LIMIT {limit:UInt32}
+"""
+
+
+def score_groupings() -> str:
+    return ", ".join(sorted(SCORE_GROUPS)) + " or property.<key>"
+
+
+def scores_by(ch: ClickHouse, org_id: str, f: Filters, by: str, limit: int = 500) -> list[dict[str, Any]]:
+    """Average of each score per group (groups with at least one scored request), most-scored groups first.
+
+    Each row: value (and prompt_id for prompt versions), requests in the group, scored requests, and per score name
+    {"avg": mean over the requests that have that score, "count": how many have it}.
+    """
+    where, params = f.where(org_id)
+    if by.startswith("property.") and by != "property.":
+        columns, group, present = "properties[{pkey:String}] AS value", "value", "mapContains(properties, {pkey:String})"
+        params["pkey"] = by[len("property."):]
+    else:
+        columns, group, present = SCORE_GROUPS[by]
+    sql = (SCORES_BY.replace("{columns}", columns).replace("{group}", group).replace("{present}", present)
+           .replace("{where}", where))
+    out = []
+    for r in ch.query(sql, {**params, "limit": limit}, name="scores_by"):
+        sums, counts = r["sums"], r["counts"]
+        row: dict[str, Any] = {"value": r["value"]}
+        if "prompt_id" in r:
+            row["prompt_id"] = r["prompt_id"]
+        row |= {"requests": int(r["requests"]), "scored": int(r["scored"]),
+                "scores": {k: {"avg": int(sums[k]) / int(counts[k]), "count": int(counts[k])} for k in sorted(counts)}}
+        out.append(row)
+    return out

@@ -34,6 +34,7 @@ class Filters:
     api_key_id: str | None = None
     status_class: int | None = None  # 2 for 2xx, 4 for 4xx, 5 for 5xx
     properties: list[tuple[str, str]] = field(default_factory=list)
+    scores: list[tuple[str, int]] = field(default_factory=list)
 
     # column -> (parameter name, ClickHouse type); the only identifiers that ever reach SQL text
     EQUALS = {
@@ -61,6 +62,10 @@ class Filters:
         for i, (key, value) in enumerate(self.properties):
             clauses.append(f"properties[{{pk{i}:String}}] = {{pv{i}:String}}")
             params[f"pk{i}"], params[f"pv{i}"] = key, value
+        for i, (name, score) in enumerate(self.scores):
+            # a missing key reads as 0 in a Map, so require the key: score.x=0 means "scored 0", not "unscored"
+            clauses.append(f"mapContains(scores, {{sk{i}:String}}) AND scores[{{sk{i}:String}}] = {{sv{i}:Int64}}")
+            params[f"sk{i}"], params[f"sv{i}"] = name, score
         return " AND ".join(clauses), params
 
 
@@ -77,8 +82,11 @@ def parse_filters(query: Mapping[str, str] | Any, *, allowed: set[str] | None = 
             if not key:
                 raise QueryError("property filter needs a key: property.<Key>=<value>")
             f.properties.append((key, value))
+        elif name.startswith("score."):
+            f.scores.append((name[len("score."):], parse_score(name, value)))
         elif name not in allowed:
-            raise QueryError(f"unknown filter {name!r}; known: {', '.join(sorted(allowed))}, property.<Key>")
+            raise QueryError(f"unknown filter {name!r}; known: {', '.join(sorted(allowed))}, property.<Key>, "
+                             "score.<name>")
         elif name in ("start", "end"):
             try:
                 setattr(f, name, parse_timestamp(value, name))
@@ -98,6 +106,18 @@ def parse_filters(query: Mapping[str, str] | Any, *, allowed: set[str] | None = 
     if f.start and f.end and f.start > f.end:
         raise QueryError("start is after end")
     return f
+
+
+def parse_score(name: str, value: str) -> int:
+    if name == "score.":
+        raise QueryError("score filter needs a name: score.<name>=<integer>")
+    try:
+        score = int(value.strip())
+    except ValueError:
+        raise QueryError(f"{name} {value!r} is not an integer") from None
+    if not -(2**63) <= score < 2**63:
+        raise QueryError(f"{name} {value!r} is outside the range of a 64-bit integer")
+    return score
 
 
 def parse_limit(raw: str | None) -> int:
@@ -137,7 +157,7 @@ LIST_REQUESTS = (
     " ORDER BY created_at DESC, request_id DESC LIMIT {limit:UInt32}"
 )
 GET_REQUEST = (
-    "SELECT " + SUMMARY_COLUMNS + ", request_body, response_body, body_truncated, api_key_id, target_url"
+    "SELECT " + SUMMARY_COLUMNS + ", request_body, response_body, body_truncated, api_key_id, target_url, scores"
     " FROM request_events FINAL WHERE org_id = {org_id:String} AND request_id = {request_id:String}"
     " ORDER BY created_at DESC LIMIT 1"
 )
@@ -180,6 +200,8 @@ def to_item(row: dict[str, Any]) -> dict[str, Any]:
         item[k] = int(item[k])
     if item.get("ttft_ms") is not None:
         item["ttft_ms"] = int(item["ttft_ms"])
+    if "scores" in item:
+        item["scores"] = {k: int(v) for k, v in item["scores"].items()}
     return item
 
 

@@ -38,6 +38,15 @@ class PayloadTooLarge(HttpError):
     status = 413
 
 
+class Unavailable(HttpError):
+    """A store llmlens needs is not answering; nothing was changed, so the client may retry."""
+
+    status = 503
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
 class SpoolFullError(HttpError):
     status = 503
 

@@ -18,7 +18,7 @@ from dashboard import alerts_api, pages
 from dashboard import api as dashboard_api
 from dashboard.alerts import Alerts
 from dashboard.web_auth import Sessions, secret_key
-from ingest import gateway_api, helicone_log, log_api, otlp
+from ingest import gateway_api, helicone_log, log_api, otlp, scores
 from ingest.cache import ResponseCache
 from ingest.controls import Gateway
 from ingest.errors import HttpError
@@ -210,6 +210,8 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         *otlp.routes(keys=services.keys, writer=services.writer, prices=services.prices,
                      max_bytes=settings.max_log_bytes, max_body_bytes=settings.max_body_bytes),
         *dashboard_api.routes(keys=services.keys, ch=services.ch),
+        # an update for a request not yet in ClickHouse waits out the writer's batch window twice, plus a second
+        *scores.routes(keys=services.keys, ch=services.ch, writer=services.writer, wait_s=2 * settings.batch_wait_s + 1.0),
         *gateway_api.routes(keys=services.keys, limits=services.limits),
         *alerts_api.routes(keys=services.keys, alerts=services.alerts),
         *pages.routes(ch=services.ch, control=services.control, keys=services.keys, sessions=services.sessions,

@@ -89,7 +89,7 @@ class ChdbBackend(_Observed):
     def _raw(self, sql: str, params: Params | None = None, fmt: str = "CSV") -> Any:
         try:
             with self._lock:
-                return self._conn.query(sql, fmt, params=dict(params) if params else None)
+                return self._conn.query(sql, fmt, params=_escaped(params) if params else None)
         except Exception as exc:  # chDB raises a plain RuntimeError/ChdbError carrying the server text
             raise _classify(str(exc)) from None
 
@@ -183,6 +183,15 @@ class ServerBackend(_Observed):
 
     def close(self) -> None:
         self._client.close()
+
+
+# chDB reads parameter values in ClickHouse's escaped text format, as the HTTP interface does: sent raw, a\b
+# arrives as a backspace and a tab does not parse. clickhouse-connect escapes the same characters (binding.escape_str).
+_MUST_ESCAPE = re.compile(r"([\\'`\t\n])")
+
+
+def _escaped(params: Params) -> dict[str, Any]:
+    return {k: _MUST_ESCAPE.sub(r"\\\1", v) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def _insert_settings(token: str) -> str:

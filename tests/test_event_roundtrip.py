@@ -63,7 +63,7 @@ def test_event_round_trips_every_field(server: str, api_key: str, services: Serv
 
     got = wait_for(lambda: found(f"{server}/api/v1/requests/{sent['request_id']}", auth))
     key_id = services.control.list_keys()[0].id
-    assert got == {**sent, "api_key_id": key_id, "body_truncated": False, "target_url": ""}
+    assert got == {**sent, "api_key_id": key_id, "body_truncated": False, "target_url": "", "scores": {}}
 
     listed = httpx.get(f"{server}/api/v1/requests", headers=auth).json()
     summary = {k: v for k, v in sent.items() if k not in ("request_body", "response_body")}

@@ -103,7 +103,7 @@ def test_org_isolation(seeded: tuple[str, str], services: Services) -> None:
         ({"limit": "ten"}, "limit 'ten' is not an integer"),
         ({"cursor": "garbage!"}, "cursor 'garbage!' is not a cursor this API returned"),
         ({"colour": "red"}, "unknown filter 'colour'; known: api_key_id, cursor, end, limit, model, prompt_id, provider, "
-                            "session_id, start, status, status_class, user_id, property.<Key>"),
+                            "session_id, start, status, status_class, user_id, property.<Key>, score.<name>"),
         ({"status_class": "6xx"}, "status_class must be 2xx, 3xx, 4xx or 5xx, not '6xx'"),
         ({"start": "yesterday"}, "start 'yesterday' is not an ISO 8601 time"),
         ({"status": "ok"}, "status 'ok' is not an integer"),

@@ -49,3 +49,9 @@ def test_errors_say_whether_the_data_or_the_store_is_at_fault(ch: ClickHouse) ->
     with pytest.raises(ClickHouseError) as gone:
         ch.insert_jsonl("missing_table", b'{"id": "x"}\n')
     assert gone.value.bad_data is False
+
+
+def test_string_parameters_arrive_exactly(ch: ClickHouse) -> None:
+    tricky = "a\\b \\n\t tab\nline 'quote' `tick` \"dq\" {\"k\": \"v\\\"\"} ü"
+    assert ch.query("SELECT {s:String} AS s, length({s:String}) AS n", {"s": tricky}) == [
+        {"s": tricky, "n": len(tricky.encode())}]

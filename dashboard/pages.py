@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dashboard import alerts_pages, charts, panels, queries, session_pages
+from dashboard import alerts_pages, charts, panels, prompt_pages, queries, session_pages
 from dashboard.alerts import Alerts
 from dashboard.web_auth import COOKIE, Sessions, WebUser
 from ingest import usage
@@ -61,7 +61,7 @@ def view_filters(request: Request, extra: frozenset[str] = frozenset()) -> tuple
     """
     qp = request.query_params
     rng = qp.get("range", "24h")
-    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property"} | extra
+    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property", "a", "b"} | extra
     unknown = [k for k in qp if k not in allowed and not k.startswith(("property.", "score."))]
     if unknown:
         raise IngestError(f"unknown filter {unknown[0]!r}")
@@ -103,7 +103,11 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
            prices: PriceBook, limits: Limits, alerts: Alerts) -> list[Route]:
     def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
         template = env.get_template(name)
-        return HTMLResponse(template.render(request=request, user=user, htmx=_htmx_version(), base_url=base_url, **ctx))
+        values = {"request": request, "user": user, "htmx": _htmx_version(), "base_url": base_url, **ctx}
+        if request.headers.get("hx-request") and request.headers.get("hx-target") == "panels" and "content" in template.blocks:
+            # the filter form swaps #panels: send the page's content alone, not the layout around it
+            return HTMLResponse("".join(template.blocks["content"](template.new_context(values))))
+        return HTMLResponse(template.render(**values))
 
     def page(handler: Callable[[Request, WebUser], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
@@ -389,6 +393,7 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
         Route("/settings/{kind:str}/{id}/delete", page(delete_rule), methods=["POST"]),
         *alerts_pages.routes(render=render, page=page, q=q, alerts=alerts),
         *session_pages.routes(render=render, page=page, q=q, view_filters=view_filters, ch=ch, keys=keys),
+        *prompt_pages.routes(render=render, page=page, q=q, view_filters=view_filters, ch=ch, pg=control.pg, keys=keys),
         Route("/static/{name}", static),
         Route("/api/v1/overview", api_overview),
         Route("/api/v1/properties", api_properties),

@@ -370,7 +370,7 @@ def test_restart_and_a_second_process_send_nothing_twice(server: str, api_key: s
     ({"name": "x", "metric": "cost", "window": "1h", "threshold": 1, "min_requests": 1.5},
      "min_requests must be a non-negative integer"),
     ({"name": "x", "metric": "cost", "window": "1h", "threshold": 1, "filter": {"colour": "red"}},
-     "filter: unknown filter 'colour'; known: api_key_id, model, provider, status_class, user_id, property.<Key>"),
+     "filter: unknown filter 'colour'; known: api_key_id, model, provider, status_class, user_id, property.<Key>, score.<name>"),
     ({"name": "x", "metric": "cost", "window": "1h", "threshold": 1, "group_by": "team"},
      "group_by must be user, model, provider or property.<key>, not 'team'"),
     ({"name": "x", "metric": "cost", "window": "1h", "threshold": 1, "channels": []},

@@ -116,9 +116,30 @@ def test_dashboard_in_chromium(populated: tuple[str, str], services: Services) -
         page.wait_for_url(f"{server}/requests/*")
         assert page.url == f"{server}/requests/{detail['timeline'][0]['request_id']}"
 
+        # prompts: register two versions in the form, then compare them side by side
+        page.goto(f"{server}/prompts?range=30d")
+        page.screenshot(path=str(SHOTS / "prompts.png"), full_page=True)
+        page.fill("#new-prompt input[name=prompt_id]", "support-answer")  # not the Prompt filter above it
+        page.fill("#new-prompt input[name=model]", "gpt-4o-mini")
+        page.fill("#new-prompt textarea[name=system]", "You are a support agent for {{product}}.")
+        page.fill("#new-prompt textarea[name=user]", "Answer {{customer}}: {{question}}")
+        page.click("button:has-text('Register version 1')")
+        page.wait_for_selector("#new-version")
+        page.fill("#new-version textarea[name=system]", "You are a formal support agent for {{product}}.")
+        page.click("button:has-text('Register the next version')")
+        page.wait_for_selector("#compare-form")
+        page.screenshot(path=str(SHOTS / "prompt.png"), full_page=True)
+        page.select_option("#compare-form select[name=a]", "1")  # the demo's traffic also has a version 3
+        page.select_option("#compare-form select[name=b]", "2")
+        page.click("#compare-form button")
+        page.wait_for_selector("#comparison")
+        assert page.inner_text("#template-diff .del") == "-You are a support agent for {{product}}."
+        assert page.inner_text("#template-diff .add") == "+You are a formal support agent for {{product}}."
+        page.screenshot(path=str(SHOTS / "prompt-compare.png"), full_page=True)
+
         # an alert rule made in the form, evaluated, shown firing with its value
         page.goto(f"{server}/alerts")
-        page.fill("input[name=name]", "Spend over a dollar a month")
+        page.fill("#new-alert input[name=name]", "Spend over a dollar a month")
         page.select_option("select[name=metric]", "cost")
         page.fill("input[name=threshold]", "1")
         page.select_option("select[name=window]", "30d")

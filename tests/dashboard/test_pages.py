@@ -75,7 +75,7 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("path", ["/", "/requests", "/requests/p1", "/properties", "/users", "/settings", "/alerts", "/alerts/alr_x",
+@pytest.mark.parametrize("path", ["/", "/requests", "/requests/p1", "/properties", "/users", "/settings", "/alerts", "/alerts/alr_x", "/sessions", "/sessions/s1", "/prompts", "/prompts/p1", "/prompts/p1/compare",
                                   "/requests/export.csv", "/requests/export.jsonl"])
 def test_every_page_and_export_needs_a_login(server: str, path: str) -> None:
     r = httpx.get(f"{server}{path}")
@@ -115,7 +115,7 @@ def test_overview_kpis_match_the_seed(seeded: tuple[str, str]) -> None:
                          headers={"Authorization": f"Bearer {key}"}).json()
     assert (filtered["kpis"]["requests"], filtered["kpis"]["cost_usd"]) == (2, "0.011000000")
     # htmx asks for the panels alone
-    fragment = client.get("/?range=1h&user_id=bob", headers={"HX-Request": "true"}).text
+    fragment = client.get("/?range=1h&user_id=bob", headers={"HX-Request": "true", "HX-Target": "panels"}).text
     assert "<html" not in fragment and re.search(r'id="kpi-requests">1<', fragment)
 
 

@@ -33,7 +33,7 @@ FROM (""" + PER_SESSION + """) GROUP BY name ORDER BY sessions DESC, name LIMIT 
 """
 STEPS = """
 SELECT request_id, created_at, latency_ms, session_path, session_name, model, provider, path, status, error,
-       cost_nanos, prompt_tokens, completion_tokens, source, user_id
+       cost_nanos, prompt_tokens, completion_tokens, source, user_id, scores
 FROM request_events FINAL
 WHERE org_id = {org_id:String} AND session_id = {session_id:String}
 ORDER BY created_at, request_id LIMIT {limit:UInt32}
@@ -110,7 +110,8 @@ def session(ch: ClickHouse, org_id: str, session_id: str) -> dict[str, Any] | No
                       "provider": r["provider"], "endpoint": r["path"], "status": int(r["status"]), "error": r["error"],
                       "cost_nanos": None if r["cost_nanos"] is None else int(r["cost_nanos"]),
                       "prompt_tokens": int(r["prompt_tokens"]), "completion_tokens": int(r["completion_tokens"]),
-                      "source": r["source"], "user_id": r["user_id"]})
+                      "source": r["source"], "user_id": r["user_id"],
+                      "scores": {k: int(v) for k, v in sorted(r["scores"].items())}})
     root = Node("session", "/")
     for s in steps:
         node = root
@@ -121,7 +122,12 @@ def session(ch: ClickHouse, org_id: str, session_id: str) -> dict[str, Any] | No
         node.steps.append(s)
     names = [r["session_name"] for r in rows if r["session_name"]]
     end = max(s["offset_ms"] + s["latency_ms"] for s in steps)
+    sums: dict[str, list[int]] = {}
+    for st in steps:
+        for k, v in st["scores"].items():
+            sums.setdefault(k, []).append(v)
     return {"session_id": session_id, "name": names[-1] if names else "", "started_at": steps[0]["created_at"],
+            "scores": {k: {"avg": round(sum(v) / len(v), 4), "count": len(v)} for k, v in sorted(sums.items())},
             "duration_ms": end, "users": sorted({s["user_id"] for s in steps if s["user_id"]}),
             "totals": root.totals(), "tree": root.to_dict(), "timeline": [_public(s) for s in steps],
             "truncated": len(rows) == MAX_STEPS}

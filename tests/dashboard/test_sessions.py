@@ -118,6 +118,15 @@ def test_agent_run_tree_totals_and_timeline(agent: Proxied) -> None:
         "session_id": "run-1", "name": "Research agent", "started_at": t0, "duration_ms": end, "users": ["u42"],
         "totals": totals(items), "truncated": False}
     assert full[fetch[1]["request_id"]]["error"] != ""
+    assert s["scores"] == {}
+    # feedback on the session and a score on one step show on the session
+    assert httpx.post(f"{agent.url}/v1/session/run-1/feedback", json={"rating": True}, headers=auth).status_code == 200
+    assert httpx.post(f"{agent.url}/v1/request/{answer[0]['request_id']}/score", json={"scores": {"accuracy": 3}},
+                      headers=auth).status_code == 200
+    scored = httpx.get(f"{agent.url}/api/v1/sessions/run-1", headers=auth).json()
+    assert scored["scores"] == {"accuracy": {"avg": 3.0, "count": 1}, "helicone-session-feedback": {"avg": 1.0, "count": 1}}
+    assert [st["scores"] for st in scored["timeline"]] == [{"helicone-session-feedback": 1}, {}, {}, {}, {"accuracy": 3}]
+    assert scored["totals"] == s["totals"]  # a new row version, not a new request
 
     listed = httpx.get(f"{agent.url}/api/v1/sessions", params={"range": "1h"}, headers=auth).json()
     run1 = next(r for r in listed["sessions"] if r["session_id"] == "run-1")

@@ -163,3 +163,50 @@ def test_agent_run_tree_totals_and_timeline(agent: Proxied) -> None:
         assert f'href="/requests/{i["request_id"]}"' in detail.text
     assert detail.text.count('class="node"') == 5  # root, plan, search, fetch, answer
     assert web.get("/sessions/nope").status_code == 404
+
+
+def test_an_otlp_trace_is_a_session_with_the_same_tree(server: str, api_key: str, services: Any) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    chat = {"gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 10}
+    provider = TracerProvider(resource=Resource.create({"service.name": "research-agent"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+        endpoint=f"{server}/v1/traces", headers={"Authorization": f"Bearer {api_key}"})))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("research", attributes={"traceloop.span.kind": "workflow"}) as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with tracer.start_as_current_span("plan.chat", attributes=chat):
+            time.sleep(0.01)
+        with tracer.start_as_current_span("search", attributes={"traceloop.span.kind": "task"}):
+            with tracer.start_as_current_span("fetch.tool", attributes={"traceloop.span.kind": "tool"}):
+                time.sleep(0.01)
+            with tracer.start_as_current_span("summarise.chat", attributes=chat):
+                time.sleep(0.01)
+    provider.force_flush()
+    provider.shutdown()
+    auth = {"Authorization": f"Bearer {api_key}"}
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{server}/api/v1/sessions/{trace_id}", headers=auth).status_code == 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    while len((s := httpx.get(f"{server}/api/v1/sessions/{trace_id}", headers=auth).json())["timeline"]) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    def shape(node: dict[str, Any]) -> Any:
+        return (node["path"], node["totals"]["requests"], node["totals"]["tokens"],
+                [st["model"] or st["endpoint"] for st in node["steps"]], [shape(c) for c in node["children"]])
+
+    assert s["name"] == "research-agent"
+    assert shape(s["tree"]) == ("/", 3, 220, [], [
+        ("/research", 3, 220, [], [
+            ("/research/plan.chat", 1, 110, ["gpt-4o-mini"], []),
+            ("/research/search", 2, 110, [], [
+                ("/research/search/fetch.tool", 1, 0, ["fetch.tool"], []),
+                ("/research/search/summarise.chat", 1, 110, ["gpt-4o-mini"], [])])])])
+    assert [st["path"] for st in s["timeline"]] == [
+        "/research/plan.chat", "/research/search/fetch.tool", "/research/search/summarise.chat"]

@@ -7,6 +7,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,6 +26,7 @@ from ingest.auth import authenticate
 from ingest.errors import IngestError, NotFound
 from ingest.limits import Limits
 from pricing.prices import PriceBook, nanos_from_usd, usd_from_nanos
+from storage import clickhouse
 from storage.clickhouse import ClickHouse
 from storage.controlplane import ControlPlane, ControlPlaneError, KeyCache
 
@@ -61,7 +63,7 @@ def view_filters(request: Request, extra: frozenset[str] = frozenset()) -> tuple
     """
     qp = request.query_params
     rng = qp.get("range", "24h")
-    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property", "a", "b"} | extra
+    allowed = PAGE_FILTERS | {"range", "start", "end", "cursor", "key", "live", "sort", "property", "a", "b", "_trace"} | extra
     unknown = [k for k in qp if k not in allowed and not k.startswith(("property.", "score."))]
     if unknown:
         raise IngestError(f"unknown filter {unknown[0]!r}")
@@ -83,6 +85,20 @@ def view_filters(request: Request, extra: frozenset[str] = frozenset()) -> tuple
         f.start, f.end = w.start, w.end
     state = {"range": rng, "filters": picked, "query": urlencode([(k, v) for k, v in qp.multi_items() if k != "cursor"])}
     return f, {"window": w, **state}
+
+
+def with_trace(resp: Response, trace: list[tuple[str, int, float]]) -> Response:
+    """?_trace=1: the ClickHouse queries behind an HTML page (name, rows, ms), listed at its foot."""
+    if not isinstance(resp, HTMLResponse):
+        return resp
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{n}</td><td>{seconds * 1000:.1f}</td></tr>" for name, n, seconds in trace)
+    table = (f'<section class="trace" id="query-trace"><h3>Queries behind this page ({len(trace)}, '
+             f'{sum(t[2] for t in trace) * 1000:.1f} ms)</h3><table><tr><th>query</th><th>rows</th><th>ms</th></tr>'
+             f"{rows}</table></section>")
+    body = bytes(resp.body).decode()
+    body = body.replace("</main>", table + "</main>", 1) if "</main>" in body else body + table
+    return HTMLResponse(body, status_code=resp.status_code, headers={
+        k: v for k, v in resp.headers.items() if k.lower() not in ("content-length", "content-type")})
 
 
 def breakdown(prices: PriceBook, item: dict[str, Any]) -> list[tuple[str, int, str]] | None:
@@ -122,7 +138,11 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
                 if not sessions.csrf_ok(user, str(form.get("csrf", "")) or None):
                     return HTMLResponse("This form has expired or did not come from llmlens; go back and try again.",
                                         status_code=403)
-            return await handler(request, user)
+            if "_trace" not in request.query_params:
+                return await handler(request, user)
+            with clickhouse.tracing() as trace:
+                resp = await handler(request, user)
+            return with_trace(resp, trace)
         return guarded
 
     async def q(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:

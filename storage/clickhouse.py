@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,22 @@ import orjson
 Params = Mapping[str, Any]
 # Every query is reported here as (name, rows, seconds) so pages and /metrics can show what they cost.
 QueryObserver = Callable[[str, int, float], None]
+
+
+# The queries behind one page when it is asked for with ?_trace=1: (name, rows, seconds), appended as they finish.
+# Worker threads started with asyncio.to_thread copy the context, so they append to the same list.
+_TRACE: ContextVar[list[tuple[str, int, float]] | None] = ContextVar("llmlens_query_trace", default=None)
+
+
+@contextmanager
+def tracing() -> Iterator[list[tuple[str, int, float]]]:
+    """Collect every query run (in this context and threads it starts) until the block ends."""
+    queries: list[tuple[str, int, float]] = []
+    token = _TRACE.set(queries)
+    try:
+        yield queries
+    finally:
+        _TRACE.reset(token)
 
 
 class ClickHouseError(Exception):
@@ -61,8 +79,12 @@ class _Observed:
     observer: QueryObserver | None
 
     def _report(self, name: str, rows: int, started: float) -> None:
+        seconds = time.perf_counter() - started
         if self.observer is not None:
-            self.observer(name or "query", rows, time.perf_counter() - started)
+            self.observer(name or "query", rows, seconds)
+        trace = _TRACE.get()
+        if trace is not None:
+            trace.append((name or "query", rows, seconds))
 
 
 class ChdbBackend(_Observed):

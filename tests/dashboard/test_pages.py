@@ -214,3 +214,14 @@ def test_rate_limits_and_budgets_from_the_settings_page(seeded: tuple[str, str],
     assert (budget["value"], budget["period"], budget["limit_usd"]) == ("alice", "month", "12.500000000")
     assert client.post(f"/settings/budgets/{budget['id']}/delete", data={"csrf": token}).status_code == 303
     assert httpx.get(f"{server}/api/v1/budgets", headers=auth).json()["data"] == []
+
+
+def test_trace_lists_the_queries_behind_a_page(seeded: tuple[str, str]) -> None:
+    server, _ = seeded
+    client = login(server)
+    page = client.get("/?range=1h&_trace=1")
+    assert page.status_code == 200
+    names = re.findall(r"<tr><td>([a-z_]+)</td><td>(\d+)</td><td>[\d.]+</td></tr>", page.text)
+    assert sorted(names) == [("overview_kpis", "1"), ("overview_series", "4"), ("property_keys", "1"),
+                             ("property_values", "2"), ("top_model", "3"), ("top_user", "3")]
+    assert 'id="query-trace"' not in client.get("/?range=1h").text

@@ -13,6 +13,7 @@ from ingest.costing import price
 from ingest.event import RequestEvent
 from ingest.writer import Writer
 from pricing.prices import PriceBook
+from storage.postgres import Postgres
 
 MODELS = [  # (provider, model, path, share, input tokens range, output tokens range, p50 latency ms)
     ("openai", "gpt-4o-mini", "/v1/chat/completions", 40, (200, 3000), (20, 600), 700),
@@ -94,6 +95,30 @@ def _as_runs(rnd: random.Random, chosen: list[RequestEvent], seed: int) -> None:
             ev.created_at = t
             t += timedelta(milliseconds=ev.latency_ms + rnd.randint(20, 400))
         i += len(run)
+
+
+# The templates behind the demo traffic's Helicone-Prompt-Version 1, 2 and 3 of "support-answer".
+PROMPT_VERSIONS = [
+    ("You are a helpful support assistant for {{product}}.", "Answer {{customer}}'s question: {{question}}", 0.7, "first cut"),
+    ("You are a concise support assistant for {{product}}. Answer in three sentences at most.",
+     "Answer {{customer}}'s question: {{question}}", 0.4, "shorter answers"),
+    ("You are a concise support assistant for {{product}}. Answer in three sentences at most. Cite the help article.",
+     "Customer: {{customer}}\nQuestion: {{question}}", 0.2, "cite sources"),
+]
+
+
+def register_prompts(pg: Postgres, org_id: str) -> int:
+    """Register the demo prompt's templates once, so the Prompts page can diff its versions."""
+    from dashboard.prompts import create_version, registered
+
+    if registered(pg, org_id, "support-answer"):
+        return 0
+    for system, user, temperature, note in PROMPT_VERSIONS:
+        create_version(pg, org_id, {"prompt_id": "support-answer", "model": "gpt-4o-mini", "note": note,
+                                    "parameters": {"temperature": temperature},
+                                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]},
+                       "llmlens demo")
+    return len(PROMPT_VERSIONS)
 
 
 async def fill(writer: Writer, prices: PriceBook, org_id: str, n: int, progress: Callable[[int], None] | None = None) -> int:

@@ -153,7 +153,7 @@ def _open_for_writing(settings: Settings, org: str):  # type: ignore[no-untyped-
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from dashboard.demo import fill
+    from dashboard.demo import fill, register_prompts
 
     settings = _settings(args)
     services = _open_for_writing(settings, args.org)
@@ -169,6 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             await services.writer.close()
 
     n = asyncio.run(run())
+    register_prompts(services.pg, args.org)
     print(file=sys.stderr)
     print(f"added {n} synthetic events over the last 30 days to org {args.org}; start `llmlens serve` and open the dashboard")
     return 0

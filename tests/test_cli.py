@@ -105,3 +105,14 @@ def test_demo_fills_the_store_through_the_write_path(tmp_path: Path) -> None:
     assert r.stdout.strip() == ("added 3000 synthetic events over the last 30 days to org default; "
                                 "start `llmlens serve` and open the dashboard")
     assert list((tmp_path / "d" / "spool").glob("seg-*")) == []  # everything reached ClickHouse
+    r = run(["demo", "--events", "10"], env)  # a second run adds traffic, not a second set of templates
+    assert r.returncode == 0, r.stderr
+    from dashboard.prompts import registered
+    from storage.postgres import connect
+
+    pg = connect("", tmp_path / "d")
+    try:
+        assert [(v["version"], v["note"], v["created_by"]) for v in registered(pg, "default", "support-answer")] == [
+            (1, "first cut", "llmlens demo"), (2, "shorter answers", "llmlens demo"), (3, "cite sources", "llmlens demo")]
+    finally:
+        pg.close()

@@ -545,6 +545,9 @@ class Alerts:
                 return None
             except notify.DeliveryError as exc:
                 error = str(exc)
+            except Exception as exc:  # a bug must not wedge the outbox: the row is retried and then given up
+                log.exception("alert delivery to %s failed unexpectedly", notify.describe(channel))
+                error = f"{exc.__class__.__name__}: {exc}"
         return error
 
     def send_test(self, org_id: str, rule_id: str) -> list[dict[str, Any]] | None:

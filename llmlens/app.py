@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import api as dashboard_api
-from dashboard import pages
+from dashboard import pages, rollup
 from dashboard.web_auth import Sessions, secret_key
 from ingest import gateway_api, helicone_log, log_api, otlp
 from ingest.cache import ResponseCache
@@ -183,11 +183,14 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         await proxy.start()
         touch = asyncio.create_task(_every(30, services.keys.flush_last_used, "record API key last-used times"))
         evict = asyncio.create_task(_every(60, gateway.cache.evict, "evict expired cache entries"))
+        # On the writer's connection, so recomputing a day never holds up dashboard queries on chDB.
+        roll = asyncio.create_task(_every(30, lambda: rollup.refresh(services.ch_insert, limit=8), "refresh the dashboard rollup"))
         try:
             yield
         finally:
             touch.cancel()
             evict.cancel()
+            roll.cancel()
             await proxy.aclose()
             await services.writer.close()
             services.keys.flush_last_used()

@@ -10,7 +10,7 @@ dirty days once they are over and quiet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -180,6 +180,8 @@ class Group:
 
 
 DAY = Group("g_t", "toDateTime(day, 'UTC')", "toStartOfDay(created_at)")
+# The filters the rollup has columns for; any other filter set (one added to Filters later too) means no rollup.
+SERVED = {"start", "end", "model", "provider", "status", "status_class", "user_id", "properties"}
 
 
 def source(
@@ -192,9 +194,13 @@ def source(
     'values' for the values of property `key`); `daily` adds the day (as `g_t`). The result has one column per
     grouping (`g_t`, `g_by`) and the named measures, as partial aggregates to merge (sum, min, max,
     quantilesExactMerge). Filters the rollup has no column for (session, prompt, API key, two properties, an
-    empty property value) leave the plain query in charge.
+    empty property value, anything not in SERVED) leave the plain query in charge.
     """
-    if f.start is None or f.end is None or f.session_id is not None or f.prompt_id is not None or f.api_key_id is not None:
+    for field in fields(f):
+        value = getattr(f, field.name)
+        if field.name not in SERVED and value is not None and not (isinstance(value, list | tuple | dict) and not value):
+            return None
+    if f.start is None or f.end is None:
         return None
     if len(f.properties) > 1 or any(v == "" for _, v in f.properties):
         return None

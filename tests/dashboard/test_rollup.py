@@ -35,7 +35,7 @@ START, END = at(0, 6), at(4, 12)
 EVENTS = [
     event("e0", at(0, 3), "gpt-4o", 200, 999, 5, "alice", {"team": "search"}),  # before the window
     event("e1", at(0, 9), "claude-sonnet-4-6", 500, 300, None, "bob", {"team": "chat"}),
-    event("e2", at(1, 1), "gpt-4o", 200, 200, 2000, "alice", {"team": "search", "env": "dev"}),
+    event("e2", at(1, 1), "gpt-4o", 200, 200, 2000, "alice", {"team": "search", "env": "dev"}, session_id="s1"),
     event("e3", at(1, 5), "gpt-4o-mini", 429, 400, 500, "carol", {}),
     event("e4", at(1, 23), "gpt-4o", 200, 50, 0, "bob", {"team": "search"}, cache_hit=True, cache_saved_nanos=700),
     event("e5", at(2, 0), "claude-sonnet-4-6", 200, 250, 3000, "alice", {"env": "prod"}),
@@ -58,7 +58,8 @@ FILTERS: dict[str, dict[str, Any]] = {
     "user+team": {"user_id": "alice", "properties": [("team", "search")]},
     "user+model": {"user_id": "alice", "model": "gpt-4o"},
     "two properties": {"properties": [("team", "chat"), ("env", "prod")]},
-    "session": {"session_id": ""},
+    "session": {"session_id": "s1"},
+    "no session": {"session_id": ""},
 }
 
 
@@ -132,7 +133,8 @@ def test_resent_repriced_and_rescored_events_count_once(services: Services) -> N
 
     # e2 repriced, e5 re-sent unchanged, e6 re-scored: new versions of the same rows.
     e2, e5, e6 = (next(e for e in EVENTS if e.request_id == rid) for rid in ("e2", "e5", "e6"))
-    insert(ch, [event("e2", e2.created_at, "gpt-4o", 200, 200, 9000, "alice", {"team": "search", "env": "dev"}), e5])
+    insert(ch, [event("e2", e2.created_at, "gpt-4o", 200, 200, 9000, "alice", {"team": "search", "env": "dev"},
+                      session_id="s1"), e5])
     ch.insert_jsonl("request_events", e6.to_row()[:-2] + b', "scores": {"helpful": 1}}\n')
     assert rollup.plan(ch, "o1", START, END) is None  # days 1 and 2 are dirty: read from request_events
     expected = {name: snapshot(ch, Filters(start=START, end=END, **kw)) for name, kw in FILTERS.items()}

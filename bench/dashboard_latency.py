@@ -5,7 +5,8 @@ The events are generated inside ClickHouse (INSERT ... SELECT FROM numbers()), s
 Pages are timed as the panels they run, one after another (the chDB backend serializes queries anyway).
 Before timing, the daily rollup (dashboard/rollup.py) is computed for every day but today, as the server's
 background refresh would have done; whole days come from it, the rest of a window from request_events FINAL.
-Run: python bench/dashboard_latency.py [--events 10000000] [--runs 7] [--data DIR]
+Run from the repository root: python -m bench.dashboard_latency [--events 10000000] [--runs 7] [--data DIR]
+(`python bench/dashboard_latency.py` would import an installed llmlens, not this checkout.)
 With --data, a data set generated there by an earlier run (same --events) is reused, and its time range is used.
 """
 

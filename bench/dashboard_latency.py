@@ -2,7 +2,12 @@
 request-table page, over repeated loads with varied filters; and the memory of exporting a large set.
 
 The events are generated inside ClickHouse (INSERT ... SELECT FROM numbers()), spread over 30 days, one org.
-Run: python bench/dashboard_latency.py [--events 10000000] [--runs 7]
+Pages are timed as the panels they run, one after another (the chDB backend serializes queries anyway).
+Before timing, the daily rollup (dashboard/rollup.py) is computed for every day but today, as the server's
+background refresh would have done; whole days come from it, the rest of a window from request_events FINAL.
+Run from the repository root: python -m bench.dashboard_latency [--events 10000000] [--runs 7] [--data DIR]
+(`python bench/dashboard_latency.py` would import an installed llmlens, not this checkout.)
+With --data, a data set generated there by an earlier run (same --events) is reused, and its time range is used.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dashboard import panels, queries
+from dashboard import panels, queries, rollup
 from storage.clickhouse import ChdbBackend
 from storage.migrate import migrate_clickhouse
 
@@ -57,26 +62,68 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
 
 
+def generate(ch: ChdbBackend, events: int) -> None:
+    started = time.perf_counter()
+    for chunk in range(0, events, 2_000_000):
+        ch.command(GENERATE, {"n": min(2_000_000, events - chunk)})
+    ch.command("OPTIMIZE TABLE request_events FINAL")
+    print(f"generated {events:,} events in {time.perf_counter() - started:.0f} s (merged)")
+
+
+def pages(ch: ChdbBackend, f: queries.Filters, w: panels.Window) -> list[tuple[str, Callable[[], Any]]]:
+    """The panels each page runs (dashboard/pages.py), as one timed unit per page."""
+
+    def overview() -> None:
+        panels.kpis(ch, "bench", f)
+        panels.series(ch, "bench", f, w)
+        panels.top(ch, "bench", f, "model")
+        panels.top(ch, "bench", f, "user")
+        keys = panels.property_keys(ch, "bench", f)
+        panels.property_values(ch, "bench", f, keys[0])
+
+    def properties() -> None:
+        panels.property_keys(ch, "bench", f)
+        panels.property_values(ch, "bench", f, "team")
+        panels.property_series(ch, "bench", f, "team", w)
+
+    return [
+        ("page /", overview),
+        ("page /properties", properties),
+        ("page /users", lambda: panels.users(ch, "bench", f)),
+        ("page /requests", lambda: queries.list_requests(ch, "bench", f, limit=50)),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--data", type=Path, help="keep the generated data here and reuse it on later runs")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="llmlens-dash-bench-"))
+    root = args.data or Path(tempfile.mkdtemp(prefix="llmlens-dash-bench-"))
     ch = ChdbBackend(root / "chdb", "bench")
     migrate_clickhouse(ch)
-    started = time.perf_counter()
-    for chunk in range(0, args.events, 2_000_000):
-        ch.command(GENERATE, {"n": min(2_000_000, args.events - chunk)})
-    ch.command("OPTIMIZE TABLE request_events FINAL")
-    print(f"generated {args.events:,} events in {time.perf_counter() - started:.0f} s (merged)")
+    (have,) = ch.query("SELECT count() AS n, max(created_at) AS newest FROM request_events")
+    if int(have["n"]) != args.events:
+        ch.command("TRUNCATE TABLE request_events")
+        generate(ch, args.events)
+        now = datetime.now(UTC)
+    else:
+        print(f"reusing {args.events:,} events in {root}")
+        now = datetime.fromisoformat(have["newest"]).replace(tzinfo=UTC) + timedelta(seconds=1)
+    started, days = time.perf_counter(), 0
+    while n := rollup.refresh(ch, settle_s=0):
+        days += n
+    print(f"rollup: {days} days computed in {time.perf_counter() - started:.0f} s")
 
-    now = datetime.now(UTC)
+    days30 = {"start": now - timedelta(days=30), "end": now}
     views: dict[str, queries.Filters] = {
-        "30d": queries.Filters(start=now - timedelta(days=30), end=now),
+        "30d": queries.Filters(**days30),
         "24h": queries.Filters(start=now - timedelta(days=1), end=now),
-        "30d model=gpt-4o": queries.Filters(start=now - timedelta(days=30), end=now, model="gpt-4o"),
-        "30d team=search": queries.Filters(start=now - timedelta(days=30), end=now, properties=[("team", "search")]),
+        "30d model=gpt-4o": queries.Filters(**days30, model="gpt-4o"),
+        "30d team=search": queries.Filters(**days30, properties=[("team", "search")]),
+        "30d user=user-42": queries.Filters(**days30, user_id="user-42"),
+        "24h team=search": queries.Filters(start=now - timedelta(days=1), end=now, properties=[("team", "search")]),
     }
     print(f"{'panel':<22}{'view':<20}{'p50 ms':>9}{'p95 ms':>9}")
     for view, f in views.items():
@@ -86,10 +133,12 @@ def main() -> None:
             ("series", lambda f=f, w=w: panels.series(ch, "bench", f, w)),
             ("top models", lambda f=f: panels.top(ch, "bench", f, "model")),
             ("top users", lambda f=f: panels.top(ch, "bench", f, "user")),
+            ("property keys", lambda f=f: panels.property_keys(ch, "bench", f)),
             ("property values", lambda f=f: panels.property_values(ch, "bench", f, "team")),
             ("property series", lambda f=f, w=w: panels.property_series(ch, "bench", f, "team", w)),
             ("users", lambda f=f: panels.users(ch, "bench", f)),
             ("request table", lambda f=f: queries.list_requests(ch, "bench", f, limit=50)),
+            *pages(ch, f, w),
         ]:
             p50, p95 = timed(fn, args.runs)
             print(f"{name:<22}{view:<20}{p50:>9.0f}{p95:>9.0f}", flush=True)

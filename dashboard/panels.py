@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dashboard import rollup
 from dashboard.queries import Filters
 from pricing.prices import usd_from_nanos
 from storage.clickhouse import ClickHouse
@@ -40,6 +41,19 @@ def _usd(nanos: Any) -> str | None:
     return None if nanos is None else usd_from_nanos(int(nanos))
 
 
+# Each panel has a plain query over request_events FINAL and a twin over rollup.source() (whole days from the
+# daily rollup, the rest from FINAL) that merges partial aggregates into the same columns, so both answer alike.
+COST = "if(sum(cost_n) = 0, NULL, sum(cost)) AS cost_sum"  # sum() of a Nullable: NULL when no cost is known
+QUANTILES = "quantilesExactMerge(0.5, 0.95)(latency) AS q"
+
+
+def _rows(ch: ClickHouse, name: str, plain: str, rolled: str, source: tuple[str, dict[str, Any]] | None,
+          params: dict[str, Any]) -> list[dict[str, Any]]:
+    if source is None:
+        return ch.query(plain, params, name=name)
+    return ch.query(rolled.replace("{source}", source[0]), {**source[1], **params}, name=name + "_rollup")
+
+
 KPIS = """
 SELECT count() AS requests,
        sum(cost_nanos) AS cost_sum,
@@ -51,11 +65,21 @@ SELECT count() AS requests,
        countIf(cache_hit) AS cache_hits, sum(cache_saved_nanos) AS saved_sum
 FROM request_events FINAL WHERE {where}
 """
+KPIS_ROLLED = f"""
+SELECT sum(n) AS requests, {COST}, sum(unpriced) AS unpriced,
+       sum(prompt) AS prompt_sum, sum(completion) AS completion_sum,
+       round(sum(latency_total) / sum(n), 1) AS latency_avg,
+       {QUANTILES}, q[1] AS latency_p50, q[2] AS latency_p95,
+       sum(errors) AS errors, sum(cache_hits) AS cache_hits, sum(saved) AS saved_sum
+FROM ({{source}})
+"""
 
 
 def kpis(ch: ClickHouse, org_id: str, f: Filters) -> dict[str, Any]:
     where, params = f.where(org_id)
-    (r,) = ch.query(KPIS.replace("{where}", where), params, name="overview_kpis")
+    src = rollup.source(ch, org_id, f, ["n", "cost", "cost_n", "unpriced", "prompt", "completion", "latency_total",
+                                        "errors", "cache_hits", "saved", "latency"])
+    (r,) = _rows(ch, "overview_kpis", KPIS.replace("{where}", where), KPIS_ROLLED, src, params)
     n = int(r["requests"])
     return {
         "requests": n,
@@ -80,12 +104,17 @@ SELECT {bucket}(created_at) AS t, count() AS requests, sum(cost_nanos) AS cost_s
 FROM request_events FINAL WHERE {where}
 GROUP BY t ORDER BY t
 """
+SERIES_ROLLED = f"""
+SELECT g_t AS t, sum(n) AS requests, {COST}, sum(errors) AS errors, {QUANTILES}, q[1] AS p50, q[2] AS p95
+FROM ({{source}}) GROUP BY t ORDER BY t
+"""
 
 
 def series(ch: ClickHouse, org_id: str, f: Filters, w: Window) -> list[dict[str, Any]]:
     where, params = f.where(org_id)
     fn, _ = w.bucket
-    rows = ch.query(SERIES.replace("{bucket}", fn).replace("{where}", where), params, name="overview_series")
+    src = rollup.source(ch, org_id, f, ["n", "cost", "cost_n", "errors", "latency"], daily=True) if fn == "toStartOfDay" else None
+    rows = _rows(ch, "overview_series", SERIES.replace("{bucket}", fn).replace("{where}", where), SERIES_ROLLED, src, params)
     return [{"t": r["t"].replace(" ", "T") + "Z", "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
              "errors": int(r["errors"]), "latency_p50_ms": int(r["p50"]), "latency_p95_ms": int(r["p95"])} for r in rows]
 
@@ -96,25 +125,37 @@ SELECT {column} AS value, count() AS requests, sum(cost_nanos) AS cost_sum,
 FROM request_events FINAL WHERE {where} AND {column} != ''
 GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT {limit:UInt32}
 """
+TOP_ROLLED = f"""
+SELECT g_by AS value, sum(n) AS requests, {COST}, sum(prompt) + sum(completion) AS tokens
+FROM ({{source}}) WHERE g_by != ''
+GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT {{limit:UInt32}}
+"""
 
 
 def top(ch: ClickHouse, org_id: str, f: Filters, by: str, limit: int = 10) -> list[dict[str, Any]]:
     column = GROUP_BY[by]
     where, params = f.where(org_id)
-    rows = ch.query(TOP.replace("{column}", column).replace("{where}", where), {**params, "limit": limit}, name=f"top_{by}")
+    src = rollup.source(ch, org_id, f, ["n", "cost", "cost_n", "prompt", "completion"], by=by)
+    rows = _rows(ch, f"top_{by}", TOP.replace("{column}", column).replace("{where}", where), TOP_ROLLED, src,
+                 {**params, "limit": limit})
     return [{"value": r["value"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
              "tokens": int(r["tokens"])} for r in rows]
 
 
 PROPERTY_KEYS = """
-SELECT arrayJoin(mapKeys(properties)) AS key, count() AS requests
+SELECT arrayJoin(arrayDistinct(mapKeys(properties))) AS key, count() AS requests
 FROM request_events FINAL WHERE {where} GROUP BY key ORDER BY requests DESC, key LIMIT 200
+"""
+PROPERTY_KEYS_ROLLED = """
+SELECT g_by AS key, sum(n) AS requests FROM ({source}) GROUP BY key ORDER BY requests DESC, key LIMIT 200
 """
 
 
 def property_keys(ch: ClickHouse, org_id: str, f: Filters) -> list[str]:
     where, params = f.where(org_id)
-    return [r["key"] for r in ch.query(PROPERTY_KEYS.replace("{where}", where), params, name="property_keys")]
+    src = rollup.source(ch, org_id, f, ["n"], by="keys")
+    return [r["key"] for r in _rows(ch, "property_keys", PROPERTY_KEYS.replace("{where}", where), PROPERTY_KEYS_ROLLED,
+                                    src, params)]
 
 
 PROPERTY_VALUES = """
@@ -125,11 +166,19 @@ SELECT properties[{pkey:String}] AS value, count() AS requests, sum(cost_nanos) 
 FROM request_events FINAL WHERE {where} AND mapContains(properties, {pkey:String})
 GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT 500
 """
+PROPERTY_VALUES_ROLLED = f"""
+SELECT g_by AS value, sum(n) AS requests, {COST}, sum(prompt) + sum(completion) AS tokens,
+       {QUANTILES}, q[1] AS p50, q[2] AS p95, sum(errors) AS errors
+FROM ({{source}}) GROUP BY value ORDER BY cost_sum DESC NULLS LAST, requests DESC, value LIMIT 500
+"""
 
 
 def property_values(ch: ClickHouse, org_id: str, f: Filters, key: str) -> list[dict[str, Any]]:
     where, params = f.where(org_id)
-    rows = ch.query(PROPERTY_VALUES.replace("{where}", where), {**params, "pkey": key}, name="property_values")
+    src = rollup.source(ch, org_id, f, ["n", "cost", "cost_n", "prompt", "completion", "latency", "errors"], by="values",
+                        key=key)
+    rows = _rows(ch, "property_values", PROPERTY_VALUES.replace("{where}", where), PROPERTY_VALUES_ROLLED, src,
+                 {**params, "pkey": key})
     return [{"value": r["value"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
              "tokens": int(r["tokens"]), "latency_p50_ms": int(r["p50"]), "latency_p95_ms": int(r["p95"]),
              "error_rate": round(int(r["errors"]) / int(r["requests"]), 4)} for r in rows]
@@ -140,13 +189,18 @@ SELECT {bucket}(created_at) AS t, properties[{pkey:String}] AS value, sum(cost_n
 FROM request_events FINAL WHERE {where} AND mapContains(properties, {pkey:String})
 GROUP BY t, value ORDER BY t, value
 """
+PROPERTY_SERIES_ROLLED = f"""
+SELECT g_t AS t, g_by AS value, {COST} FROM ({{source}}) GROUP BY t, value ORDER BY t, value
+"""
 
 
 def property_series(ch: ClickHouse, org_id: str, f: Filters, key: str, w: Window) -> list[dict[str, Any]]:
     where, params = f.where(org_id)
     sql = PROPERTY_SERIES.replace("{bucket}", w.bucket[0]).replace("{where}", where)
+    daily = w.bucket[0] == "toStartOfDay"
+    src = rollup.source(ch, org_id, f, ["cost", "cost_n"], by="values", key=key, daily=True) if daily else None
     return [{"t": r["t"].replace(" ", "T") + "Z", "value": r["value"], "cost_usd": _usd(r["cost_sum"] or 0)}
-            for r in ch.query(sql, {**params, "pkey": key}, name="property_series")]
+            for r in _rows(ch, "property_series", sql, PROPERTY_SERIES_ROLLED, src, {**params, "pkey": key})]
 
 
 USERS = """
@@ -156,14 +210,22 @@ SELECT user_id, count() AS requests, sum(cost_nanos) AS cost_sum,
 FROM request_events FINAL WHERE {where} AND user_id != ''
 GROUP BY user_id ORDER BY cost_sum DESC NULLS LAST, requests DESC, user_id LIMIT {limit:UInt32}
 """
+USERS_ROLLED = f"""
+SELECT g_by AS user_id, sum(n) AS requests, {COST}, sum(prompt) + sum(completion) AS tokens, sum(errors) AS errors,
+       min(first_seen) AS first_seen, max(last_seen) AS last_seen
+FROM ({{source}}) WHERE g_by != ''
+GROUP BY user_id ORDER BY cost_sum DESC NULLS LAST, requests DESC, user_id LIMIT {{limit:UInt32}}
+"""
 
 
 def users(ch: ClickHouse, org_id: str, f: Filters, limit: int = 500) -> list[dict[str, Any]]:
     where, params = f.where(org_id)
+    src = rollup.source(ch, org_id, f, ["n", "cost", "cost_n", "prompt", "completion", "errors", "first_seen", "last_seen"],
+                        by="user")
     return [{"user_id": r["user_id"], "requests": int(r["requests"]), "cost_usd": _usd(r["cost_sum"] or 0),
              "tokens": int(r["tokens"]), "error_rate": round(int(r["errors"]) / int(r["requests"]), 4),
              "first_seen": r["first_seen"].replace(" ", "T") + "Z", "last_seen": r["last_seen"].replace(" ", "T") + "Z"}
-            for r in ch.query(USERS.replace("{where}", where), {**params, "limit": limit}, name="users")]
+            for r in _rows(ch, "users", USERS.replace("{where}", where), USERS_ROLLED, src, {**params, "limit": limit})]
 
 
 # by -> (the group's columns, GROUP BY, which rows belong to some group); `property.<key>` is added in scores_by.

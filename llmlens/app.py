@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from dashboard import alerts_api, pages
+from dashboard import alerts_api, pages, rollup
 from dashboard import api as dashboard_api
 from dashboard.alerts import Alerts
 from dashboard.web_auth import Sessions, secret_key
@@ -188,12 +188,15 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         touch = asyncio.create_task(_every(30, services.keys.flush_last_used, "record API key last-used times"))
         evict = asyncio.create_task(_every(60, gateway.cache.evict, "evict expired cache entries"))
         alerting = asyncio.create_task(_every(settings.alert_interval_s, services.alerts.tick, "evaluate alert rules"))
+        # On the writer's connection, so recomputing a day never holds up dashboard queries on chDB.
+        roll = asyncio.create_task(_every(30, lambda: rollup.refresh(services.ch_insert, limit=8), "refresh the dashboard rollup"))
         try:
             yield
         finally:
             touch.cancel()
             evict.cancel()
             alerting.cancel()
+            roll.cancel()
             await proxy.aclose()
             await services.writer.close()
             services.keys.flush_last_used()

@@ -101,7 +101,10 @@ def routes(*, render: Callable[..., HTMLResponse], page: Callable[[Handler], Cal
         rule = await q(alerts.rule, user.org_id, request.path_params["id"])
         if rule is None:
             raise NotFound("no such alert rule in this org")
-        await q(alerts.update, user.org_id, rule.id, {"paused": not rule.paused})
+        try:
+            await q(alerts.update, user.org_id, rule.id, {"paused": not rule.paused})
+        except RuleError as exc:  # e.g. an email channel while LLMLENS_SMTP_URL has since been unset
+            return await detail(request, user, error=str(exc))
         return RedirectResponse(f"/alerts/{rule.id}", status_code=303)
 
     async def test(request: Request, user: WebUser) -> Response:

@@ -466,6 +466,11 @@ def test_alerts_page_create_test_pause_and_org_b(server: str, api_key: str, serv
     assert edited.status_code == 303
     assert api(server, api_key, "GET", f"/api/v1/alerts/{rule_id}").json()["threshold"] == 7.5
 
+    services.alerts.smtp_url = ""  # as after a restart without LLMLENS_SMTP_URL: the email channel no longer validates
+    refused = web.post(f"/alerts/{rule_id}/pause", data={"csrf": csrf_of(detail.text)})
+    assert refused.status_code == 400 and "email channels need LLMLENS_SMTP_URL" in refused.text
+    services.alerts.smtp_url = services.settings.smtp_url
+
     services.control.ensure_org("org-b")
     services.control.create_user("bea@example.com", PASSWORD, org_id="org-b")
     web_b = login(server, "bea@example.com")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard import panels, queries, rollup
+from dashboard.pages import EXPORT_PAGE
 from storage.clickhouse import ChdbBackend
 from storage.migrate import migrate_clickhouse
 
@@ -149,9 +150,9 @@ def main() -> None:
     cursor, rows, samples = None, 0, []
     started = time.perf_counter()
     while True:
-        page, cursor = queries.list_requests(ch, "bench", f, limit=1000, cursor=cursor)
+        page, cursor = queries.list_requests(ch, "bench", f, limit=EXPORT_PAGE, cursor=cursor)
         rows += len(page)
-        if rows % 50_000 < 1000:
+        if rows % 50_000 < EXPORT_PAGE:
             samples.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         if cursor is None or rows >= 300_000:
             break

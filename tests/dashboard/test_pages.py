@@ -176,6 +176,27 @@ def test_exports_match_the_api(seeded: tuple[str, str]) -> None:
         (a["request_id"], a["cost_usd"] or "", a["properties"]) for a in api]
 
 
+def test_an_export_longer_than_a_page_is_whole_and_in_order(server: str, api_key: str, services: Services) -> None:
+    from dashboard.pages import EXPORT_PAGE
+
+    n = EXPORT_PAGE * 2 + 17
+    base = datetime.now(UTC) - timedelta(hours=2)
+    events = [{"request_id": f"e{i:06d}", "created_at": (base + timedelta(milliseconds=i % 997)).isoformat().replace("+00:00", "Z"),
+               "model": "gpt-4o", "cost_usd": "0.000001"} for i in range(n)]  # many share a millisecond: ties break on the id
+    for start in range(0, n, 10_000):
+        assert httpx.post(f"{server}/api/v1/logs", json=events[start:start + 10_000],
+                          headers={"Authorization": f"Bearer {api_key}"}).status_code == 202
+    deadline = time.monotonic() + 30
+    while services.ch.query("SELECT count() AS n FROM request_events FINAL") != [{"n": n}]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    services.control.create_user("ada@example.com", PASSWORD)
+    client = login(server)
+    rows = list(csv.DictReader(io.StringIO(client.get("/requests/export.csv?range=24h").text)))
+    expected = sorted(events, key=lambda e: (e["created_at"], e["request_id"]), reverse=True)
+    assert [r["request_id"] for r in rows] == [e["request_id"] for e in expected]
+
+
 def test_requests_page_filters_and_pages(seeded: tuple[str, str]) -> None:
     server, _ = seeded
     client = login(server)

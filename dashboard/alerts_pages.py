@@ -65,10 +65,8 @@ def routes(*, render: Callable[..., HTMLResponse], page: Callable[[Handler], Cal
 
     async def list_page(request: Request, user: WebUser, error: str | None = None, form: Any = None) -> Response:
         rules = await q(alerts.list_rules, user.org_id)
-        resp = render("alerts.html", request, user, rules=rules, error=error, form=form or {}, **await context(user))
-        if error:
-            resp.status_code = 400
-        return resp
+        return render("alerts.html", request, user, rules=rules, error=error, form=form or {}, **await context(user),
+                      status=400 if error else 200)
 
     async def create(request: Request, user: WebUser) -> Response:
         form = await request.form()
@@ -82,10 +80,8 @@ def routes(*, render: Callable[..., HTMLResponse], page: Callable[[Handler], Cal
         rule = await q(alerts.get, user.org_id, request.path_params["id"])
         if rule is None:
             raise NotFound("no such alert rule in this org")
-        resp = render("alert.html", request, user, rule=rule, error=error, tested=tested, **await context(user))
-        if error:
-            resp.status_code = 400
-        return resp
+        return render("alert.html", request, user, rule=rule, error=error, tested=tested, **await context(user),
+                      status=400 if error else 200)
 
     async def edit(request: Request, user: WebUser) -> Response:
         form = await request.form()

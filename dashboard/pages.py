@@ -120,13 +120,14 @@ def breakdown(prices: PriceBook, item: dict[str, Any]) -> list[tuple[str, int, s
 
 def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: Sessions, base_url: str,
            prices: PriceBook, limits: Limits, alerts: Alerts) -> list[Route]:
-    def render(name: str, request: Request, user: WebUser | None, **ctx: Any) -> HTMLResponse:
+    def render(name: str, request: Request, user: WebUser | None, *, status: int = 200, **ctx: Any) -> HTMLResponse:
+        """A page (or, for the filter form's htmx swap, its content block alone); `status` 400 re-shows a form with its error."""
         template = env.get_template(name)
         values = {"request": request, "user": user, "htmx": _htmx_version(), "base_url": base_url, **ctx}
         if request.headers.get("hx-request") and request.headers.get("hx-target") == "panels" and "content" in template.blocks:
             # the filter form swaps #panels: send the page's content alone, not the layout around it
-            return HTMLResponse("".join(template.blocks["content"](template.new_context(values))))
-        return HTMLResponse(template.render(**values))
+            return HTMLResponse("".join(template.blocks["content"](template.new_context(values))), status_code=status)
+        return HTMLResponse(template.render(**values), status_code=status)
 
     def page(handler: Callable[[Request, WebUser], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
@@ -329,13 +330,10 @@ def routes(*, ch: ClickHouse, control: ControlPlane, keys: KeyCache, sessions: S
                           " LEFT JOIN budget_spend s ON s.budget_id = b.id AND s.period_start = CASE WHEN b.period = 'day'"
                           " THEN date_trunc('day', now() AT TIME ZONE 'UTC') ELSE date_trunc('month', now() AT TIME ZONE 'UTC') END"
                           " AT TIME ZONE 'UTC' WHERE b.org_id = %s ORDER BY b.created_at", (user.org_id,))
-        resp = render("settings.html", request, user, api_keys=api_keys, members=members, created=created, error=error,
+        return render("settings.html", request, user, api_keys=api_keys, members=members, created=created, error=error,
                       policies=policies, budgets=[{**b, "limit_usd": usd_from_nanos(b["limit_nanos"]),
                                                   "spent_usd": usd_from_nanos(int(b["spent"]))} for b in budgets],
-                      active="settings")
-        if error:
-            resp.status_code = 400
-        return resp
+                      active="settings", status=400 if error else 200)
 
     async def add_policy(request: Request, user: WebUser) -> Response:
         form = await request.form()

@@ -48,11 +48,8 @@ def routes(*, render: Callable[..., HTMLResponse], page: Page, q: Callable[..., 
     async def list_page(request: Request, user: WebUser, error: str | None = None, form: Any = None) -> Response:
         f, state = view_filters(request)
         rows = await q(prompts.list_prompts, ch, pg, user.org_id, f)
-        resp = render("prompts.html", request, user, state=state, rows=rows, error=error, form=form or {},
-                      active="prompts")
-        if error:
-            resp.status_code = 400
-        return resp
+        return render("prompts.html", request, user, state=state, rows=rows, error=error, form=form or {},
+                      active="prompts", status=400 if error else 200)
 
     async def create(request: Request, user: WebUser) -> Response:
         form = await request.form()
@@ -69,11 +66,8 @@ def routes(*, render: Callable[..., HTMLResponse], page: Page, q: Callable[..., 
         if rows is None:
             raise NotFound("no such prompt in this org")
         latest = next((r["template"] for r in reversed(rows) if r["template"]), None)
-        resp = render("prompt.html", request, user, state=state, prompt_id=pid, rows=rows, latest=latest, error=error,
-                      text=prompts.render_template, active="prompts")
-        if error:
-            resp.status_code = 400
-        return resp
+        return render("prompt.html", request, user, state=state, prompt_id=pid, rows=rows, latest=latest, error=error,
+                      text=prompts.render_template, active="prompts", status=400 if error else 200)
 
     async def new_version(request: Request, user: WebUser) -> Response:
         pid = request.path_params["prompt_id"]
